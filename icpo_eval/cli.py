@@ -1,0 +1,151 @@
+"""The ``icpo-eval`` command: parses, calls, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from icpo_eval import __version__
+from icpo_eval.errors import IcpoError
+
+# Keep the run offline and quiet unless the user asked otherwise.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="icpo-eval", description=__doc__)
+    p.add_argument("--version", action="version", version=f"icpo-eval {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="simulate, judge and store conversations")
+    r.add_argument("--model", required=True, help="local/smollm2 or hf/<checkpoint path>")
+    r.add_argument("--tasks", default="math", help="families, FILE.jsonl or lic:FILE (comma-sep)")
+    r.add_argument("--modes", default="full,concat,sharded")
+    r.add_argument("--runs", type=_positive_int, default=1, help="runs per instruction")
+    r.add_argument("--limit", type=_positive_int, default=None, help="first K per task source")
+    r.add_argument("--simulator", default="rule")
+    r.add_argument("--judge", default="rule")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--max-turns", type=_positive_int, default=8)
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    r.add_argument("--top-p", type=float, default=1.0)
+    r.add_argument("--max-new-tokens", type=_positive_int, default=256)
+    r.add_argument("--batch-size", type=_positive_int, default=16)
+    r.add_argument("--out", default=None, help="run directory (default results/<model>)")
+    r.add_argument("--no-progress", action="store_true")
+
+    lb = sub.add_parser("leaderboard", help="one CSV row per (model, family, mode)")
+    lb.add_argument("results", nargs="*", default=["results"], help="run or results directories")
+    lb.add_argument("-o", "--output", default="results/leaderboard.csv")
+
+    t = sub.add_parser("tasks", help="list, show or generate task sets")
+    tsub = t.add_subparsers(dest="tasks_command", required=True)
+    tsub.add_parser("list", help="task families and their committed sets")
+    ts = tsub.add_parser("show", help="print one task set's first instructions")
+    ts.add_argument("name", help="family name, FILE.jsonl or lic:FILE")
+    ts.add_argument("--n", type=_positive_int, default=3)
+    tg = tsub.add_parser("generate", help="generate a task set")
+    tg.add_argument("family")
+    tg.add_argument("--n", type=_positive_int, required=True)
+    tg.add_argument("--seed", type=int, default=0)
+    tg.add_argument("-o", "--output", required=True)
+    return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from icpo_eval.records import RunSpec
+    from icpo_eval.runner import run, summary_table
+    from icpo_eval.store import load_run
+
+    if not 0.0 <= args.temperature <= 5.0:
+        raise IcpoError(f"--temperature must be between 0 and 5, got {args.temperature}")
+    if not 0.0 < args.top_p <= 1.0:
+        raise IcpoError(f"--top-p must be in (0, 1], got {args.top_p}")
+    out = args.out or str(Path("results") / args.model.replace("/", "__"))
+    spec = RunSpec(
+        model=args.model,
+        tasks=args.tasks,
+        modes=[m.strip() for m in args.modes.split(",") if m.strip()],
+        runs=args.runs,
+        limit=args.limit,
+        simulator=args.simulator,
+        judge=args.judge,
+        seed=args.seed,
+        max_turns=args.max_turns,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        out=out,
+    )
+    result = run(spec, progress=not args.no_progress)
+    _, convs = load_run(out)
+    print(f"{result.written} conversations written, {result.skipped} already done -> {out}")
+    print(summary_table(convs))
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from icpo_eval.leaderboard import build
+
+    df = build(args.results)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    print(df.to_string(index=False))
+    print(f"-> {out}")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from icpo_eval.families import family_names, get_family
+    from icpo_eval.paths import TASKS_DIR
+    from icpo_eval.tasksets import load_source, write_jsonl
+
+    if args.tasks_command == "list":
+        for name in family_names():
+            path = TASKS_DIR / f"{name}.jsonl"
+            n = sum(1 for line in open(path) if line.strip()) if path.exists() else 0
+            print(f"{name:<12} {n:>5} instructions  {path if n else '(no committed set)'}")
+        return 0
+    if args.tasks_command == "show":
+        for inst in load_source(args.name)[: args.n]:
+            print(json.dumps(inst.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    family = get_family(args.family)
+    insts = family.generate(args.n, args.seed)
+    write_jsonl(insts, args.output)
+    print(f"{len(insts)} {family.name} instructions (seed {args.seed}) -> {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "tasks": cmd_tasks}
+    try:
+        return handlers[args.command](args)
+    except IcpoError as e:
+        print(f"icpo-eval: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("icpo-eval: interrupted; finished conversations are saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

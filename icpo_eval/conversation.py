@@ -1,0 +1,153 @@
+"""The conversation loop: the one place that knows the order of things.
+
+A :class:`ConversationState` is a small state machine. The runner asks it for the messages to
+send, hands it the model's reply, and it judges the reply, decides whether the conversation is
+over, and if not asks the simulator for the next user turn. Batching lives in the runner; this
+module never sees more than one conversation.
+
+Modes (DESIGN.md, Modes):
+
+- ``full``: the original instruction in one user turn; one assistant turn.
+- ``concat``: every shard as a bullet list in one user turn; one assistant turn.
+- ``sharded``: shard 1 first, then the simulator's turns. It stops at the first correct answer,
+  or once every shard is revealed and the assistant has answered after that, and always after
+  ``max_turns`` assistant turns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from icpo_eval import __version__
+from icpo_eval.families import Family
+from icpo_eval.judges import TurnJudge, icpo_reward
+from icpo_eval.models.base import Generation, Messages
+from icpo_eval.records import Conversation, Instruction, Turn, derive_seed
+from icpo_eval.simulator import RuleSimulator, UserTurn
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def concat_prompt(inst: Instruction) -> str:
+    """All shards as one bullet list (LiC's `concat` mode)."""
+    return "\n".join(f"- {s.shard}" for s in inst.shards)
+
+
+class ConversationState:
+    def __init__(
+        self,
+        inst: Instruction,
+        family: Family,
+        record: Conversation,
+        system_prompt: str,
+        simulator: RuleSimulator,
+        judge: TurnJudge,
+        max_turns: int,
+    ):
+        self.inst = inst
+        self.family = family
+        self.record = record
+        self.system_prompt = system_prompt
+        self.simulator = simulator
+        self.judge = judge
+        self.max_turns = max(1, max_turns)
+        self.revealed: set[int] = set()
+        self.done = False
+        record.started_at = record.started_at or _now()
+        record.version = __version__
+        mode = record.mode
+        all_ids = [s.shard_id for s in inst.shards]
+        if mode == "full":
+            self._add_user(UserTurn(family.full_prompt(inst), all_ids, "full"))
+        elif mode == "concat":
+            self._add_user(UserTurn(concat_prompt(inst), all_ids, "concat"))
+        elif mode == "sharded":
+            self._add_user(simulator.first_turn(inst))
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+
+    # -- what the runner uses -------------------------------------------------------------
+    def messages(self) -> Messages:
+        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        msgs += [{"role": t.role, "content": t.content} for t in self.record.turns]
+        return msgs
+
+    def prompt_chars(self) -> int:
+        return len(self.system_prompt) + sum(len(t.content) for t in self.record.turns)
+
+    def next_seed(self) -> int:
+        """Sampling seed of the next assistant turn: stable for (run seed, conversation, turn)."""
+        return derive_seed(self.record.seed, len(self.record.turns))
+
+    def observe(self, gen: Generation) -> None:
+        """Record the assistant's reply, judge it, and either finish or add the next user turn."""
+        history = self.messages()
+        fully = self.inst.required_ids <= self.revealed
+        category = self.judge.classify(self.inst, gen.text, history)
+        answer = score = None
+        if category == "answer_attempt":
+            answer = self.family.extract(self.inst, gen.text)
+            score = self.family.evaluate(self.inst, answer)
+        turn = Turn(
+            index=len(self.record.turns),
+            role="assistant",
+            content=gen.text,
+            fully_specified=fully,
+            category=category,
+            answer=answer,
+            score=score,
+            reward=icpo_reward(fully, category, score, gen.truncated),
+            truncated=gen.truncated,
+            judge=self.judge.name,
+            latency_s=gen.latency_s,
+            tokens_in=gen.tokens_in,
+            tokens_out=gen.tokens_out,
+            cost=gen.cost,
+        )
+        self.record.turns.append(turn)
+        if self._should_stop(turn):
+            self._finish()
+            return
+        asked = category in ("clarification", "interrogation")
+        self._add_user(self.simulator.next_turn(self.inst, self.revealed, gen.text, asked))
+
+    def fail(self, error: str) -> None:
+        self.record.error = error
+        self._finish()
+
+    # -- internals ------------------------------------------------------------------------
+    def _should_stop(self, turn: Turn) -> bool:
+        if self.record.mode != "sharded":
+            return True
+        if len(self.record.assistant_turns) >= self.max_turns:
+            return True
+        if turn.category == "answer_attempt" and turn.score == 1.0:
+            return True
+        everything_out = all(s.shard_id in self.revealed for s in self.inst.shards)
+        return everything_out and turn.category == "answer_attempt"
+
+    def _add_user(self, ut: UserTurn) -> None:
+        self.revealed.update(ut.shard_ids)
+        self.record.turns.append(
+            Turn(
+                index=len(self.record.turns),
+                role="user",
+                content=ut.text,
+                shards=list(ut.shard_ids),
+                note=ut.note,
+            )
+        )
+
+    def _finish(self) -> None:
+        self.done = True
+        rec = self.record
+        attempts = [
+            (i, t) for i, t in enumerate(rec.assistant_turns, 1) if t.category == "answer_attempt"
+        ]
+        if rec.error is None:  # a failed conversation is left out of the scores, never 0
+            rec.final_score = float(attempts[-1][1].score or 0.0) if attempts else 0.0
+            rec.ever_correct = any(t.score == 1.0 for _, t in attempts)
+        rec.first_answer_turn = attempts[0][0] if attempts else None
+        rec.finished_at = _now()

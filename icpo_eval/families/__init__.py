@@ -1,0 +1,69 @@
+"""Task families: how to make, show, extract and grade the tasks of one kind.
+
+Each family is one module in this package that defines a :class:`Family` subclass and registers
+it with :func:`register`. The engine only talks to families through this interface, so adding a
+family never touches the conversation loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from icpo_eval.errors import IcpoError
+from icpo_eval.records import Instruction
+
+
+class Family:
+    """Base class of a task family. Subclasses override what differs."""
+
+    #: Family name as written in ``Instruction.task`` and on the command line.
+    name: str = ""
+    #: Jinja2 template in ``prompts/`` holding the assistant's system prompt.
+    system_prompt_template: str = "system_default.j2"
+
+    def generate(self, n: int, seed: int) -> list[Instruction]:
+        """Make ``n`` instances; the same seed always gives the same list."""
+        raise IcpoError(f"family {self.name!r} cannot generate tasks")
+
+    def full_prompt(self, inst: Instruction) -> str:
+        """The original, fully specified instruction, shown in ``full`` mode."""
+        return " ".join(s.shard for s in inst.shards)
+
+    def extract(self, inst: Instruction, response: str) -> str | None:
+        """The answer the response commits to, normalised, or None."""
+        raise NotImplementedError
+
+    def evaluate(self, inst: Instruction, answer: str | None) -> float:
+        """Score in [0, 1] of an extracted answer against the instruction's reference."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Family] = {}
+
+
+def register(cls: type[Family]) -> type[Family]:
+    """Class decorator: make a family available by its ``name``."""
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_family(name: str) -> Family:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise IcpoError(f"unknown task family {name!r} (known: {known})") from None
+
+
+def family_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    # Imported lazily so that `import icpo_eval.families` has no import cycle.
+    from icpo_eval.families import math  # noqa: F401
+
+
+FamilyFactory = Callable[[], Family]

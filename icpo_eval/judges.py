@@ -1,0 +1,219 @@
+"""Turn judges and the ICPO reward.
+
+A judge is a pure function of (instruction, response, history): it names which of the seven
+Lost-in-Conversation categories an assistant turn falls into (Laban et al. 2025, as used by ICPO):
+
+- ``answer_attempt``: commits to a complete answer (right or wrong);
+- ``clarification``: a short reply asking the user one question;
+- ``interrogation``: several questions to the user;
+- ``discussion``: talks about the task without answering, asking or hedging;
+- ``hedge``: several answers, one per interpretation ("if ..., then 50; if ..., then 60");
+- ``refuse``: declines to answer;
+- ``missing``: empty.
+
+The ``rule`` judge below is the offline default. It works on surface cues, in this order:
+empty → hedge cues → an explicit final answer → questions/requests addressed to the user →
+refusal phrases → an implicit numeric conclusion → discussion. Its accuracy is measured in
+``tests/test_judges.py`` on hand-labelled responses (a development set and a held-out set).
+
+Truncation (the reply hit the token limit) is not a category: it is recorded on the turn, and
+the ICPO reward never counts a truncated reply as a non-answer, so that a policy cannot earn the
+"asked instead of guessing" reward by rambling until it is cut off.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+from icpo_eval.errors import IcpoError
+from icpo_eval.records import NON_ANSWERS, Instruction
+
+Messages = list[dict[str, str]]
+
+_NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
+_NUM_RE = re.compile(r"(?<![\w.])-?\$?(\d[\d,]*(?:\.\d+)?)")
+
+# An explicit final answer: a marker followed, within its sentence, by a number; or code.
+_EXPLICIT_ANSWER = [
+    re.compile(rf"\banswer\b\s*(?:is|:|=|\*\*:?)[^.?!\n]{{0,60}}?{_NUM}", re.I),
+    re.compile(rf"####\s*{_NUM}"),
+    re.compile(r"\\boxed\{"),
+    re.compile(r"\b(?:this|that) is the (?:final |correct )?answer\b", re.I),
+    re.compile(r"```"),
+]
+# Words that introduce a conclusion; with a new number in the same sentence, an answer.
+_CONCLUSION = re.compile(
+    r"\b(?:therefore|thus|hence|so|in total|altogether|overall|in all|total)\b", re.I
+)
+_CONDITIONAL = re.compile(
+    rf"\b(?:if|assuming|suppose|supposing|in case)\b[^.?!\n]{{0,160}}?{_NUM}", re.I
+)
+# "with 4 boxes, the total would be 20": an outcome tied to an assumed value.
+_WITH_OUTCOME = re.compile(
+    rf"\bwith\b[^.;?!\n]{{0,50}}?{_NUM}[^.;?!\n]{{0,40}}?"
+    rf"(?:would be|that's|it's|it is|you'd get|gives|makes)[^.;?!\n]{{0,20}}?{_NUM}",
+    re.I,
+)
+_EITHER = re.compile(rf"\beither\s+{_NUM}[^.?!\n]{{0,30}}?\bor\s+{_NUM}", re.I)
+_HEDGE_CUES = re.compile(
+    r"\b(?:depending on|it depends|depends on|but if|or if|otherwise|alternatively|"
+    r"(?:case|scenario|option|interpretation) (?:1|2|one|two|a|b)\b|"
+    r"(?:two|several|a few|multiple|different) (?:possible )?(?:interpretations|readings|cases|"
+    r"scenarios|possibilities|answers))",
+    re.I,
+)
+_TABLE_ROW = re.compile(r"^\s*\|.*\d.*\|\s*$", re.M)
+_REFUSE = re.compile(
+    r"\b(?:i(?:'m| am)? (?:sorry|afraid)|i can(?:no|')t|i can ?not|i(?:'m| am) (?:not able|unable)"
+    r"|i won'?t (?:be able|guess|answer)|i(?:'d| would) rather not"
+    r"|unable to (?:answer|solve|help|determine|compute|calculate)"
+    r"|(?:not|isn't|is not) possible to (?:answer|solve|determine|say|calculate|compute)"
+    r"|impossible to (?:answer|solve|determine|say|calculate|compute)"
+    r"|(?:not|isn't|is not|there's not|there is not) enough (?:info|information|detail|data)"
+    r"|can(?:no|')t be (?:answered|solved|determined|calculated|computed)"
+    r"|(?:i )?(?:must|have to|need to|will) (?:decline|pass)|not (?:something )?i can help)",
+    re.I,
+)
+# A request for information phrased without a question mark.
+_REQUEST = re.compile(
+    r"^(?:please|kindly|could you|can you|would you|let me know|tell me|i(?:'d| would) need "
+    r"(?:you )?to know|i need to know|provide|share|specify|clarify|what is|what are|how many|"
+    r"how much)\b",
+    re.I,
+)
+# Closing offers that end many answers: not questions about the task.
+_CLOSING = re.compile(
+    r"\b(?:anything else|any other questions?|further questions|more questions|other questions|"
+    r"need (?:any )?(?:more )?help|help (?:you )?with (?:anything|something) else|"
+    r"hope (?:this|that) helps|let me know if|feel free|would you like me to|shall i|"
+    r"want me to|(?:does|did) (?:that|this) (?:make sense|help))\b",
+    re.I,
+)
+# The start of a sentence that answers the question just before it (a rhetorical step).
+_SELF_ANSWER = re.compile(r"^(?:it|that|this) (?:means|is|refers)\b|^(?:well|so),", re.I)
+_QUOTED = re.compile(r"\"[^\"\n]*\"|“[^”\n]*”")
+_CLARIFICATION_MAX_WORDS = 100
+_REFUSAL_MAX_WORDS = 80
+
+
+def _sentences(text: str) -> list[str]:
+    parts = re.split(r"(?<=[.?!])\s+|\n+", text)
+    return [p.strip(" \t*-#>") for p in parts if p.strip(" \t*-#>")]
+
+
+def _numbers(text: str) -> list[str]:
+    return [m.group(1).replace(",", "").rstrip(".") for m in _NUM_RE.finditer(text)]
+
+
+def _user_questions(text: str) -> list[str]:
+    """Questions and requests addressed to the user (rhetorical steps and closings excluded)."""
+    sents = _sentences(_QUOTED.sub('""', text))
+    asked = []
+    for i, s in enumerate(sents):
+        if _CLOSING.search(s):
+            continue
+        is_question = "?" in s
+        if not is_question and not _REQUEST.match(re.sub(r"^\d+[.)]\s*", "", s)):
+            continue
+        if not is_question and re.search(_NUM, s) and "=" in s:
+            continue  # "What is 3 + 5 = 8." is working, not a request
+        # A question answered right after it in the reply is a rhetorical step of the working.
+        nxt = sents[i + 1] if i + 1 < len(sents) else ""
+        if is_question and nxt and (_SELF_ANSWER.match(nxt) or ("=" in nxt and _numbers(nxt))):
+            continue
+        asked.append(s)
+    return asked
+
+
+def _is_hedge(text: str) -> bool:
+    """Several answers, one per assumption."""
+    boxed = set(re.findall(r"\\boxed\{([^}]*)\}", text))
+    if len(boxed) >= 2 or _EITHER.search(text):
+        return True
+    conditionals = len(_CONDITIONAL.findall(text)) + len(_WITH_OUTCOME.findall(text))
+    if conditionals >= 2:
+        # Conditional steps that end in one stated conclusion are working, not a hedge.
+        last = _sentences(text)[-1]
+        concluded = re.match(r"(?:so|therefore|thus|hence)\b", last, re.I)
+        return not (concluded and not re.search(r"\b(?:if|either|or)\b", last, re.I))
+    cue = _HEDGE_CUES.search(text)
+    return bool(cue and (conditionals >= 1 or len(_TABLE_ROW.findall(text)) >= 2))
+
+
+def _commits_to_new_number(sentence: str, known: set[str]) -> bool:
+    """A statement (not a question) giving a number that the user never mentioned."""
+    if "?" in sentence:
+        return False
+    return any(n not in known for n in _numbers(sentence))
+
+
+def rule_classify(response: str, context: str = "") -> str:
+    """Classify one assistant reply with surface rules (see the module docstring).
+
+    ``context`` is what the user has said so far: numbers taken from it are restatements,
+    while a new number in a concluding sentence is a committed answer.
+    """
+    text = (response or "").strip()
+    if not text:
+        return "missing"
+    if _is_hedge(text):
+        return "hedge"
+    if any(p.search(text) for p in _EXPLICIT_ANSWER):
+        return "answer_attempt"
+    questions = _user_questions(text)
+    words = len(text.split())
+    if len(questions) >= 2:
+        return "interrogation"
+    if len(questions) == 1:
+        return "clarification" if words <= _CLARIFICATION_MAX_WORDS else "discussion"
+    if _REFUSE.search(text) and words <= _REFUSAL_MAX_WORDS:
+        return "refuse"
+    known = set(_numbers(context))
+    sents = [s for s in _sentences(text) if not _CLOSING.search(s)]
+    if sents and _commits_to_new_number(sents[-1], known):
+        return "answer_attempt"
+    for s in sents:
+        # An equation or a conclusion with a new result ("The total is 1000 * 100 = 100000").
+        result = s.rsplit("=", 1)[-1]
+        if (_CONCLUSION.search(s) or "=" in s) and _commits_to_new_number(result, known):
+            return "answer_attempt"
+    return "discussion"
+
+
+class TurnJudge(Protocol):
+    name: str
+
+    def classify(self, inst: Instruction, response: str, history: Messages) -> str: ...
+
+
+class RuleJudge:
+    """The offline default judge: :func:`rule_classify`, given what the user said so far."""
+
+    name = "rule"
+
+    def classify(self, inst: Instruction, response: str, history: Messages) -> str:
+        said = "\n".join(m["content"] for m in history if m["role"] == "user")
+        return rule_classify(response, said)
+
+
+def get_judge(name: str) -> TurnJudge:
+    if name == "rule":
+        return RuleJudge()
+    raise IcpoError(f"unknown judge {name!r} (available offline: rule)")
+
+
+def icpo_reward(
+    fully_specified: bool, category: str, score: float | None, truncated: bool = False
+) -> float:
+    """The ICPO reward of one assistant turn (ICPO paper, §3).
+
+    Fully specified: the evaluator's score (0 when the turn gave no answer). Underspecified: 1
+    for a non-answer (clarification, interrogation, discussion, hedge, refuse), 0 for an answer
+    attempt or an empty reply; a truncated reply is never a non-answer (see module doc).
+    """
+    if fully_specified:
+        return float(score) if (category == "answer_attempt" and score is not None) else 0.0
+    if truncated:
+        return 0.0
+    return 1.0 if category in NON_ANSWERS else 0.0

