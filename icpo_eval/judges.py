@@ -148,11 +148,33 @@ def _commits_to_new_number(sentence: str, known: set[str]) -> bool:
     return any(n not in known for n in _numbers(sentence))
 
 
-def rule_classify(response: str, context: str = "") -> str:
+def _asked_unit(question: str) -> str | None:
+    """What the user's question counts: "How many cookies ..." -> "cookie"; money -> "$"."""
+    if re.search(
+        r"\bhow much (?:money|does|did|do|will|is|are)\b|\bdollars?\b|\bcosts?\b", question, re.I
+    ):
+        return "$"
+    m = re.search(r"\bhow many ([a-z]+)", question, re.I)
+    return m.group(1).lower().rstrip("s") if m else None
+
+
+def _states_asked_quantity(sentence: str, unit: str | None) -> bool:
+    """ "Noah has 10 brownies." after "How many brownies ...?": a number of the asked thing."""
+    if unit is None or "?" in sentence or not _numbers(sentence):
+        return False
+    if unit == "$":
+        return "$" in sentence or re.search(r"\bdollars?\b", sentence, re.I) is not None
+    return re.search(rf"\b{re.escape(unit)}(?:e?s)?\b", sentence, re.I) is not None
+
+
+def rule_classify(response: str, context: str = "", question: str = "") -> str:
     """Classify one assistant reply with surface rules (see the module docstring).
 
     ``context`` is what the user has said so far: numbers taken from it are restatements,
-    while a new number in a concluding sentence is a committed answer.
+    while a new number in a concluding sentence is a committed answer. ``question`` is the
+    user's request (the first user turn): a reply that ends by stating a number of the thing it
+    asks about ("Noah has 10 brownies.") commits to an answer even when it only echoes a
+    number the user gave, so that echoing the user cannot pass for holding back.
     """
     text = (response or "").strip()
     if not text:
@@ -172,6 +194,8 @@ def rule_classify(response: str, context: str = "") -> str:
     known = set(_numbers(context))
     sents = [s for s in _sentences(text) if not _CLOSING.search(s)]
     if sents and _commits_to_new_number(sents[-1], known):
+        return "answer_attempt"
+    if sents and _states_asked_quantity(sents[-1], _asked_unit(question)):
         return "answer_attempt"
     for s in sents:
         # An equation or a conclusion with a new result ("The total is 1000 * 100 = 100000").
@@ -193,8 +217,8 @@ class RuleJudge:
     name = "rule"
 
     def classify(self, inst: Instruction, response: str, history: Messages) -> str:
-        said = "\n".join(m["content"] for m in history if m["role"] == "user")
-        return rule_classify(response, said)
+        users = [m["content"] for m in history if m["role"] == "user"]
+        return rule_classify(response, "\n".join(users), users[0] if users else "")
 
 
 def get_judge(name: str) -> TurnJudge:

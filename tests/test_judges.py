@@ -23,7 +23,7 @@ def load(name: str) -> list[dict]:
 
 def report(name: str, items: list[dict]) -> tuple[float, float]:
     """Print per-class recall and return (binary accuracy, 7-class accuracy)."""
-    preds = [rule_classify(it["response"], it.get("context", "")) for it in items]
+    preds = [rule_classify(it["response"], it["context"], it["context"]) for it in items]
     total, right = Counter(), Counter()
     for it, p in zip(items, preds):
         total[it["label"]] += 1
@@ -84,6 +84,22 @@ def test_empty_replies_are_missing():
 )
 def test_one_clear_example_per_category(text, category):
     assert rule_classify(text) == category
+
+
+def test_echoing_the_users_number_for_the_asked_quantity_is_an_answer():
+    q = "How many brownies does Noah have now?"
+    ctx = f"{q}\nNoah has 10 brownies."
+    assert rule_classify("Noah has 10 brownies.", ctx, q) == "answer_attempt"
+    assert (
+        rule_classify(
+            "Lena has $12 in her piggy bank.",
+            "Lena has $12.",
+            "How much money does Lena have left?",
+        )
+        == "answer_attempt"
+    )
+    # Restating a fact about something else is not an answer to the question.
+    assert rule_classify("Noah bakes 2 trays.", ctx + "\nNoah bakes 2 trays.", q) == "discussion"
 
 
 def test_icpo_reward():

@@ -10,7 +10,10 @@ Batching: :meth:`LocalBackend.stream` is continuous batching. Up to ``batch_size
 decode together, one token per step over a shared key/value cache; a request that ends leaves
 the batch at once (its rows are cut out of the cache) and a waiting one is prefilled and joins,
 its cache left-padded to the batch's length. A static padded batch would keep computing for
-every row until the longest reply ends; here the batch stays full while work is waiting. When
+every row until the longest reply ends; here the batch stays full while work is waiting.
+Prefix caching: when a conversation's next turn arrives, the cache of its previous turn is
+reused for the longest common token prefix, so only the new user message is prefilled (in a
+sharded conversation the history is most of every prompt). When
 the model's cache is not a plain per-layer key/value cache (sliding windows, recurrent state),
 the backend falls back to static batches through ``transformers.generate``.
 
@@ -285,10 +288,18 @@ def _plain_kv_cache(model: Any, cache_arg: str) -> bool:
 @dataclass
 class _Row:
     key: Any
-    n_in: int
+    ids: list[int]  # the prompt's token ids
     started: float
     generator: Any
     tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Saved:
+    """A finished request's cache, kept for its conversation's next turn (prefix caching)."""
+
+    ids: list[int]  # tokens whose keys/values are in ``kv``
+    kv: list[tuple[Any, Any]]  # per layer, keys and values of shape 1×heads×len(ids)×dim
 
 
 class _ContinuousBatch:
@@ -307,6 +318,7 @@ class _ContinuousBatch:
         self.cache: Any = None
         self.mask: Any = None
         self.last: Any = None
+        self.saved: dict[Any, _Saved] = {}
 
     def run(self, requests: list[tuple[Any, Messages, int]]) -> None:
         import torch
@@ -321,23 +333,46 @@ class _ContinuousBatch:
                     self._admit(admit)
                 if self.rows:
                     self._step()
-                for row in self._pop_finished():
+                for row, saved in self._pop_finished():
                     follow = self.on_result(row.key, self._generation(row))
                     if follow is not None:
                         queue.appendleft(follow)
+                        if follow[0] == row.key:  # the same conversation goes on
+                            self.saved[row.key] = saved
 
     def _admit(self, batch: list[tuple[Any, Messages, int]]) -> None:
-        """Prefill new requests together and merge them into the running batch."""
+        """Prefill new requests and merge them into the running batch.
+
+        A conversation's next turn reuses the cache of its previous turn for the longest
+        common token prefix and only prefills the rest (its new user message); other requests
+        are prefilled together in one left-padded batch.
+        """
+        fresh = []
+        for key, msgs, seed in batch:
+            ids = self.b.encode(msgs)
+            saved = self.saved.pop(key, None)
+            n = _common_prefix(saved.ids, ids) if saved is not None else 0
+            if saved is not None and 0 < n < len(ids):
+                self._prefill_continuation(key, ids, seed, saved, n)
+            else:
+                fresh.append((key, ids, seed))
+        if fresh:
+            self._prefill_fresh(fresh)
+
+    def _new_row(self, key: Any, ids: list[int], seed: int) -> _Row:
+        gen = _seeded(seed, self.b.device) if self.params.temperature > 0 else None
+        return _Row(key, ids, time.perf_counter(), gen)
+
+    def _prefill_fresh(self, batch: list[tuple[Any, list[int], int]]) -> None:
         import torch
-        import torch.nn.functional as F
         from transformers import DynamicCache
 
-        ids = [self.b.encode(m) for _, m, _ in batch]
-        width = max(len(x) for x in ids)
+        width = max(len(ids) for _, ids, _ in batch)
         pad = self.b.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for _, x, _ in batch])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for _, x, _ in batch])
         input_ids, mask = input_ids.to(self.b.device), mask.to(self.b.device)
+        rows = [self._new_row(key, ids, seed) for key, ids, seed in batch]
         cache = DynamicCache(config=self.b.model.config)
         out = self.b.model(
             input_ids=input_ids,
@@ -346,29 +381,47 @@ class _ContinuousBatch:
             use_cache=True,
             **{self.b.cache_arg: cache},
         )
-        now = time.perf_counter()
-        new_rows = [
-            _Row(
-                key, len(x), now, _seeded(seed, self.b.device) if self.params.temperature else None
-            )
-            for (key, _, seed), x in zip(batch, ids)
-        ]
-        first = self._sample(out.logits[:, -1, :], new_rows)
-        for row, tok in zip(new_rows, first):
+        self._merge(cache, mask, out.logits[:, -1, :], rows)
+
+    def _prefill_continuation(
+        self, key: Any, ids: list[int], seed: int, saved: _Saved, n: int
+    ) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.b.model.config)
+        for layer, (k, v) in enumerate(saved.kv):
+            cache.update(k[:, :, :n, :], v[:, :, :n, :], layer)
+        dev = self.b.device
+        out = self.b.model(
+            input_ids=torch.tensor([ids[n:]], device=dev),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=dev),
+            position_ids=torch.arange(n, len(ids), device=dev).unsqueeze(0),
+            use_cache=True,
+            **{self.b.cache_arg: cache},
+        )
+        mask = torch.ones(1, len(ids), dtype=torch.long, device=dev)
+        self._merge(cache, mask, out.logits[:, -1, :], [self._new_row(key, ids, seed)])
+
+    def _merge(self, cache: Any, mask: Any, logits: Any, rows: list[_Row]) -> None:
+        """Sample the new rows' first tokens and join them to the batch (left-padding)."""
+        import torch
+        import torch.nn.functional as F
+
+        first = self._sample(logits, rows)
+        for row, tok in zip(rows, first):
             row.tokens.append(tok)
         last = torch.tensor(first, device=self.b.device).unsqueeze(1)
         if self.cache is None:
-            self.cache, self.mask, self.last, self.rows = cache, mask, last, new_rows
+            self.cache, self.mask, self.last, self.rows = cache, mask, last, rows
             return
-        gap = self.mask.shape[1] - width  # left-pad the shorter side to a common length
+        gap = self.mask.shape[1] - mask.shape[1]
         layers = list(zip(self.cache.layers, cache.layers))
         if gap > 0:
             mask = F.pad(mask, (gap, 0))
             for _, new in layers:
-                new.keys, new.values = (
-                    F.pad(new.keys, (0, 0, gap, 0)),
-                    F.pad(new.values, (0, 0, gap, 0)),
-                )
+                new.keys = F.pad(new.keys, (0, 0, gap, 0))
+                new.values = F.pad(new.values, (0, 0, gap, 0))
         elif gap < 0:
             self.mask = F.pad(self.mask, (-gap, 0))
             for old, _ in layers:
@@ -379,7 +432,7 @@ class _ContinuousBatch:
             old.values = torch.cat([old.values, new.values])
         self.mask = torch.cat([self.mask, mask])
         self.last = torch.cat([self.last, last])
-        self.rows += new_rows
+        self.rows += rows
 
     def _step(self) -> None:
         """Decode one token for every live row."""
@@ -402,13 +455,24 @@ class _ContinuousBatch:
     def _done(self, row: _Row) -> bool:
         return row.tokens[-1] in self.b.stop_ids or len(row.tokens) >= self.params.max_new_tokens
 
-    def _pop_finished(self) -> list[_Row]:
+    def _pop_finished(self) -> list[tuple[_Row, _Saved]]:
+        """Remove the rows that ended; return each with its cache (for a next turn)."""
         import torch
 
-        finished = [r for r in self.rows if self._done(r)]
-        if not finished:
+        done = [i for i, r in enumerate(self.rows) if self._done(r)]
+        if not done:
             return []
-        keep = [i for i, r in enumerate(self.rows) if not self._done(r)]
+        finished = []
+        for i in done:
+            row = self.rows[i]
+            start = int(self.mask[i].nonzero()[0])  # the row's first real (non-pad) column
+            kv = [
+                (la.keys[i : i + 1, :, start:], la.values[i : i + 1, :, start:])
+                for la in self.cache.layers
+            ]
+            # The last sampled token was never fed, so it has no keys/values yet.
+            finished.append((row, _Saved(row.ids + row.tokens[:-1], kv)))
+        keep = [i for i in range(len(self.rows)) if i not in set(done)]
         self.rows = [self.rows[i] for i in keep]
         if not keep:
             self.cache = self.mask = self.last = None
@@ -437,7 +501,7 @@ class _ContinuousBatch:
         kept = row.tokens[:-1] if ended else row.tokens
         return Generation(
             text=self.b.tokenizer.decode(kept, skip_special_tokens=True).strip(),
-            tokens_in=row.n_in,
+            tokens_in=len(row.ids),
             tokens_out=len(row.tokens),
             truncated=not ended,
             latency_s=round(time.perf_counter() - row.started, 4),
@@ -450,3 +514,12 @@ def _seeded(seed: int, device: str) -> Any:
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
