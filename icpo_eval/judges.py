@@ -16,6 +16,21 @@ empty → hedge cues → an explicit final answer → questions/requests address
 refusal phrases → an implicit numeric conclusion → discussion. Its accuracy is measured in
 ``tests/test_judges.py`` on hand-labelled responses (a development set and a held-out set).
 
+Conventions for borderline replies (the labelled sets follow them):
+
+- one committed final number makes an answer attempt, whatever else the reply holds: working with
+  rhetorical questions, a closing offer ("Anything else?"), an uncertain tone, one stated
+  assumption leading to one outcome;
+- a reply that ends by stating a number of the very thing the user asks about ("Noah has 10
+  brownies." after "How many brownies ...?") is an answer attempt even when the number is one
+  the user gave: echoing the user must not pass for holding back;
+- two or more outcomes under different assumptions make a hedge (also as a table or several
+  boxed answers), even when one is preferred or the reply ends by asking which was meant;
+- questions and direct requests addressed to the user count, one or several; a self-answered
+  question is working; one question in a reply of more than 100 words is a discussion;
+- a short decline, even one naming what is missing, is a refusal; restating facts, partial
+  results and explaining what is needed, without asking, is a discussion.
+
 Truncation (the reply hit the token limit) is not a category: it is recorded on the turn, and
 the ICPO reward never counts a truncated reply as a non-answer, so that a policy cannot earn the
 "asked instead of guessing" reward by rambling until it is cut off.

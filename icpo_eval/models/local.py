@@ -341,67 +341,64 @@ class _ContinuousBatch:
                             self.saved[row.key] = saved
 
     def _admit(self, batch: list[tuple[Any, Messages, int]]) -> None:
-        """Prefill new requests and merge them into the running batch.
+        """Prefill new requests in one forward pass and merge them into the running batch.
 
         A conversation's next turn reuses the cache of its previous turn for the longest
-        common token prefix and only prefills the rest (its new user message); other requests
-        are prefilled together in one left-padded batch.
+        common token prefix and only feeds the rest (its new user message). Each admitted row
+        is laid out as ``[pad][cached prefix][pad][new tokens]``: prefixes left-padded to a
+        common length, new tokens right-aligned so that every row's last column is real.
+        Padding is masked and positions are explicit, so the rows do not disturb each other.
         """
-        fresh = []
+        import torch
+        import torch.nn.functional as F
+        from transformers import DynamicCache
+
+        items = []
         for key, msgs, seed in batch:
             ids = self.b.encode(msgs)
             saved = self.saved.pop(key, None)
             n = _common_prefix(saved.ids, ids) if saved is not None else 0
-            if saved is not None and 0 < n < len(ids):
-                self._prefill_continuation(key, ids, seed, saved, n)
-            else:
-                fresh.append((key, ids, seed))
-        if fresh:
-            self._prefill_fresh(fresh)
+            if saved is None or not 0 < n < len(ids):
+                saved, n = None, 0
+            items.append((self._new_row(key, ids, seed), saved, n))
+        width_past = max(n for _, _, n in items)
+        width_new = max(len(row.ids) - n for row, _, n in items)
+        dev = self.b.device
+        cache = DynamicCache(config=self.b.model.config)
+        if width_past:
+            template = next(saved for _, saved, _ in items if saved is not None).kv
+            for layer, (k0, _) in enumerate(template):
+                empty = k0.new_zeros(1, k0.shape[1], width_past, k0.shape[3])
+                ks, vs = [], []
+                for _, saved, n in items:
+                    if saved is None:
+                        ks.append(empty)
+                        vs.append(empty)
+                    else:
+                        k, v = saved.kv[layer]
+                        ks.append(F.pad(k[:, :, :n], (0, 0, width_past - n, 0)))
+                        vs.append(F.pad(v[:, :, :n], (0, 0, width_past - n, 0)))
+                cache.update(torch.cat(ks), torch.cat(vs), layer)
+        pad = self.b.tokenizer.pad_token_id
+        input_ids, mask, positions = [], [], []
+        for row, _, n in items:
+            new, gap = row.ids[n:], width_new - (len(row.ids) - n)
+            input_ids.append([pad] * gap + new)
+            mask.append([0] * (width_past - n) + [1] * n + [0] * gap + [1] * len(new))
+            positions.append([0] * gap + list(range(n, len(row.ids))))
+        mask_t = torch.tensor(mask, device=dev)
+        out = self.b.model(
+            input_ids=torch.tensor(input_ids, device=dev),
+            attention_mask=mask_t,
+            position_ids=torch.tensor(positions, device=dev),
+            use_cache=True,
+            **{self.b.cache_arg: cache},
+        )
+        self._merge(cache, mask_t, out.logits[:, -1, :], [row for row, _, _ in items])
 
     def _new_row(self, key: Any, ids: list[int], seed: int) -> _Row:
         gen = _seeded(seed, self.b.device) if self.params.temperature > 0 else None
         return _Row(key, ids, time.perf_counter(), gen)
-
-    def _prefill_fresh(self, batch: list[tuple[Any, list[int], int]]) -> None:
-        import torch
-        from transformers import DynamicCache
-
-        width = max(len(ids) for _, ids, _ in batch)
-        pad = self.b.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for _, x, _ in batch])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for _, x, _ in batch])
-        input_ids, mask = input_ids.to(self.b.device), mask.to(self.b.device)
-        rows = [self._new_row(key, ids, seed) for key, ids, seed in batch]
-        cache = DynamicCache(config=self.b.model.config)
-        out = self.b.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            use_cache=True,
-            **{self.b.cache_arg: cache},
-        )
-        self._merge(cache, mask, out.logits[:, -1, :], rows)
-
-    def _prefill_continuation(
-        self, key: Any, ids: list[int], seed: int, saved: _Saved, n: int
-    ) -> None:
-        import torch
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.b.model.config)
-        for layer, (k, v) in enumerate(saved.kv):
-            cache.update(k[:, :, :n, :], v[:, :, :n, :], layer)
-        dev = self.b.device
-        out = self.b.model(
-            input_ids=torch.tensor([ids[n:]], device=dev),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=dev),
-            position_ids=torch.arange(n, len(ids), device=dev).unsqueeze(0),
-            use_cache=True,
-            **{self.b.cache_arg: cache},
-        )
-        mask = torch.ones(1, len(ids), dtype=torch.long, device=dev)
-        self._merge(cache, mask, out.logits[:, -1, :], [self._new_row(key, ids, seed)])
 
     def _merge(self, cache: Any, mask: Any, logits: Any, rows: list[_Row]) -> None:
         """Sample the new rows' first tokens and join them to the batch (left-padding)."""
@@ -465,9 +462,9 @@ class _ContinuousBatch:
         finished = []
         for i in done:
             row = self.rows[i]
-            start = int(self.mask[i].nonzero()[0])  # the row's first real (non-pad) column
+            real = self.mask[i].nonzero().squeeze(1)  # the row's non-padding columns
             kv = [
-                (la.keys[i : i + 1, :, start:], la.values[i : i + 1, :, start:])
+                (la.keys[i : i + 1, :, real], la.values[i : i + 1, :, real])
                 for la in self.cache.layers
             ]
             # The last sampled token was never fed, so it has no keys/values yet.
