@@ -392,6 +392,7 @@ class _ContinuousBatch:
             attention_mask=mask_t,
             position_ids=torch.tensor(positions, device=dev),
             use_cache=True,
+            logits_to_keep=1,  # only the last position's logits are needed
             **{self.b.cache_arg: cache},
         )
         self._merge(cache, mask_t, out.logits[:, -1, :], [row for row, _, _ in items])
