@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -67,5 +68,5 @@ def build(roots: list[str | Path]) -> pd.DataFrame:
     return df
 
 
-def _joined(values: object) -> str:
-    return "+".join(sorted({str(v) for v in values}))  # type: ignore[attr-defined]
+def _joined(values: Iterable[object]) -> str:
+    return "+".join(sorted({str(v) for v in values}))

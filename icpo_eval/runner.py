@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -154,7 +156,14 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
     return result
 
 
-def _rounds(backend, states, params, batch_size, finished, bar):  # type: ignore[no-untyped-def]
+def _rounds(
+    backend: Backend,
+    states: list[ConversationState],
+    params: GenParams,
+    batch_size: int,
+    finished: Callable[[ConversationState], None],
+    bar: Any,
+) -> None:
     """Turn-by-turn rounds for backends without streaming: every live conversation advances
     one turn per round, in batches of similar length (less padding)."""
     live = list(states)
@@ -173,7 +182,7 @@ def _rounds(backend, states, params, batch_size, finished, bar):  # type: ignore
         bar.set_postfix(live=len(live))
 
 
-def _progress(total: int, enabled: bool):  # type: ignore[no-untyped-def]
+def _progress(total: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(
@@ -205,9 +214,9 @@ def summary_table(convs: list[Conversation]) -> str:
     return "\n".join(lines)
 
 
-def _f(x: object) -> str:
-    return "-" if x is None else f"{float(x):.1f}"  # type: ignore[arg-type]
+def _f(x: float | int | None) -> str:
+    return "-" if x is None else f"{float(x):.1f}"
 
 
-def _pct(x: object) -> str:
-    return "-" if x is None else f"{100 * float(x):.0f}%"  # type: ignore[arg-type]
+def _pct(x: float | int | None) -> str:
+    return "-" if x is None else f"{100 * float(x):.0f}%"

@@ -7,8 +7,6 @@ family never touches the conversation loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from icpo_eval.errors import IcpoError
 from icpo_eval.records import Instruction
 
@@ -64,6 +62,3 @@ def family_names() -> list[str]:
 def _load_builtin() -> None:
     # Imported lazily so that `import icpo_eval.families` has no import cycle.
     from icpo_eval.families import math  # noqa: F401
-
-
-FamilyFactory = Callable[[], Family]
