@@ -179,7 +179,10 @@ def _states_asked_quantity(sentence: str, unit: str | None) -> bool:
         return False
     if unit == "$":
         return "$" in sentence or re.search(r"\bdollars?\b", sentence, re.I) is not None
-    return re.search(rf"\b{re.escape(unit)}(?:e?s)?\b", sentence, re.I) is not None
+    # The number must count the asked thing ("10 brownies", "12 more cookies"), not something
+    # else in the same sentence ("Each group has 6 students." does not say how many groups).
+    counted = rf"{_NUM}\s+(?:[a-z]+\s+){{0,2}}?{re.escape(unit)}(?:e?s)?\b"
+    return re.search(counted, sentence, re.I) is not None
 
 
 def rule_classify(response: str, context: str = "", question: str = "") -> str:

@@ -100,6 +100,10 @@ def test_echoing_the_users_number_for_the_asked_quantity_is_an_answer():
     )
     # Restating a fact about something else is not an answer to the question.
     assert rule_classify("Noah bakes 2 trays.", ctx + "\nNoah bakes 2 trays.", q) == "discussion"
+    q = "How many groups are there?"
+    said = f"{q}\nThe class has 30 students.\nEach group has 6 students."
+    assert rule_classify("Each group has 6 students.", said, q) == "discussion"
+    assert rule_classify("There are 6 groups.", said, q) == "answer_attempt"
 
 
 def test_icpo_reward():
