@@ -79,6 +79,8 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent(backend):
     b = backend.generate([msgs], params, [1])
     assert a[0].text == a[1].text == b[0].text  # same seed, same text, whatever the batch
     assert a[0].text != a[2].text
+    # Static batches through transformers.generate draw the same noise: the same sample.
+    assert backend.generate_static([msgs, msgs], params, [2, 1])[1].text == a[0].text
     greedy = backend.generate([msgs], GenParams(max_new_tokens=8), [0])[0]
     assert greedy.tokens_out == 8 and greedy.truncated and greedy.tokens_in > 5
 

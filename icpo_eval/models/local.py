@@ -192,7 +192,8 @@ class LocalBackend:
         enc = {k: v.to(self.device) for k, v in enc.items()}
         processors = LogitsProcessorList()
         if params.temperature > 0:
-            processors.append(_GumbelSampler(seeds, params.temperature, params.top_p, self.device))
+            generators = [_seeded(seed, self.device) for seed in seeds]
+            processors.append(_GumbelSampler(generators, params.temperature, params.top_p))
         t0 = time.perf_counter()
         with torch.no_grad():
             out = self.model.generate(
@@ -228,16 +229,10 @@ class LocalBackend:
 class _GumbelSampler:
     """Logits processor that turns greedy decoding into seeded sampling (see module doc)."""
 
-    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: str):
-        import torch
-
+    def __init__(self, generators: list[Any], temperature: float, top_p: float):
         self.temperature = temperature
         self.top_p = top_p
-        self.generators = []
-        for s in seeds:
-            g = torch.Generator(device=device)
-            g.manual_seed(int(s))
-            self.generators.append(g)
+        self.generators = generators  # one torch.Generator per batch row
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
@@ -489,9 +484,8 @@ class _ContinuousBatch:
         if self.params.temperature <= 0:
             return logits.argmax(dim=-1).tolist()
         sampler = _GumbelSampler(
-            [0] * len(rows), self.params.temperature, self.params.top_p, self.b.device
+            [r.generator for r in rows], self.params.temperature, self.params.top_p
         )
-        sampler.generators = [r.generator for r in rows]
         return sampler(None, logits).argmax(dim=-1).tolist()
 
     def _generation(self, row: _Row) -> Generation:
