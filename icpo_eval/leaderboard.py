@@ -26,6 +26,8 @@ COLUMNS = [
     "failed",
     "premature_answer_rate",
     "over_clarification_rate",
+    "mean_first_answer_turn",
+    "mean_reward",
     "simulator",
     "judge",
     "version",
@@ -63,7 +65,12 @@ def build(roots: list[str | Path]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("P", "A90", "U90_10"):
         df[col] = df[col].astype(float).round(2)
-    for col in ("premature_answer_rate", "over_clarification_rate"):
+    for col in (
+        "premature_answer_rate",
+        "over_clarification_rate",
+        "mean_first_answer_turn",
+        "mean_reward",
+    ):
         df[col] = df[col].astype(float).round(4)
     return df
 

@@ -12,6 +12,7 @@ finished conversation that never answered scores 0 (its ``final_score`` is 0).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -63,6 +64,129 @@ def over_clarification_rate(convs: Iterable[Conversation]) -> float | None:
     return sum(t.category in NON_ANSWERS for t in turns) / len(turns)
 
 
+def pass_hat_k(convs: Iterable[Conversation], k: int) -> float | None:
+    """pass^k (Yao et al. 2024, "tau-bench"): the chance that k i.i.d. runs all succeed.
+
+    For each instruction with n scored runs of which c succeeded (``final_score == 1.0``), the
+    unbiased estimate C(c, k) / C(n, k); averaged over instructions. Instructions with fewer than
+    k scored runs are skipped (failed runs do not count towards n); None if none has k runs.
+    Pass the conversations of one mode: runs are grouped by ``task_id`` only.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    runs: dict[str, list[bool]] = defaultdict(list)
+    for c in scored(convs):
+        runs[c.task_id].append(c.final_score == 1.0)
+    per_inst = [
+        math.comb(sum(ok), k) / math.comb(len(ok), k) for ok in runs.values() if len(ok) >= k
+    ]
+    return sum(per_inst) / len(per_inst) if per_inst else None
+
+
+def degradation(
+    convs: Iterable[Conversation], mode: str = "sharded", reference: str = "full"
+) -> float | None:
+    """P(mode) / P(reference), P as in :func:`performance` on that mode's conversations only.
+
+    The multi-turn degradation of Laban et al. 2025, as a ratio (1.0 = no loss). None when
+    either mode has no scored conversation or P(reference) is 0.
+    """
+    convs = list(convs)
+    p = performance(c for c in convs if c.mode == mode)["P"]
+    ref = performance(c for c in convs if c.mode == reference)["P"]
+    if p is None or ref is None or ref == 0:
+        return None
+    return p / ref
+
+
+def degradations(convs: Iterable[Conversation]) -> dict[str, float | None]:
+    """:func:`degradation` of ``sharded`` and ``concat`` against ``full``."""
+    convs = list(convs)
+    return {
+        "sharded/full": degradation(convs, "sharded", "full"),
+        "concat/full": degradation(convs, "concat", "full"),
+    }
+
+
+def non_answer_share_by_progress(
+    convs: Iterable[Conversation], buckets: int = 5, shard_counts: dict[str, int] | None = None
+) -> list[float | None]:
+    """Share of non-answer turns by conversation progress (ICPO paper, Fig. 1).
+
+    For every assistant turn of a scored ``sharded`` conversation, progress = (distinct shards
+    revealed by the user turns before it) / (the instruction's number of shards). Bucket i
+    (0-based) holds progress in (i/buckets, (i+1)/buckets]; progress 0 goes to bucket 0. A
+    bucket's value is the share of its turns whose category is in ``NON_ANSWERS``; None if empty.
+
+    The instruction's shard count comes from ``shard_counts`` (task_id -> count) when given,
+    else from the record's ``n_shards``. Records written before ``n_shards`` existed fall back to
+    the number of distinct shard ids seen for that task_id in *any* given conversation (any mode,
+    failed ones included): exact when a ``full`` or ``concat`` conversation is passed along (its
+    single user turn lists every shard), otherwise an undercount when every sharded run stopped
+    early, which overstates progress. Progress above 1 counts as 1.
+    """
+    if buckets < 1:
+        raise ValueError(f"buckets must be at least 1, got {buckets}")
+    convs = list(convs)
+    seen: dict[str, set[int]] = defaultdict(set)
+    for c in convs:
+        for t in c.turns:
+            seen[c.task_id].update(t.shards)
+    counts = {task: len(ids) for task, ids in seen.items()}
+    n = [0] * buckets
+    non = [0] * buckets
+    for c in scored(convs):
+        total = (shard_counts or {}).get(c.task_id) or c.n_shards or counts.get(c.task_id, 0)
+        if c.mode != "sharded" or total <= 0:
+            continue
+        revealed: set[int] = set()
+        for t in c.turns:
+            if t.role == "user":
+                revealed.update(t.shards)
+                continue
+            # Integer form of ceil(progress * buckets) - 1, exact at the bucket edges.
+            i = -(-len(revealed) * buckets // total) - 1
+            i = min(max(i, 0), buckets - 1)
+            n[i] += 1
+            non[i] += t.category in NON_ANSWERS
+    return [non[i] / n[i] if n[i] else None for i in range(buckets)]
+
+
+def mean_first_answer_turn(convs: Iterable[Conversation]) -> dict[str, float | int | None]:
+    """Mean 1-based assistant turn of the first answer attempt (ICPO paper, Fig. 2).
+
+    Over scored conversations: ``mean`` among those that answered (None if none did),
+    ``n_answered``, and ``n_never`` (finished without any answer attempt).
+    """
+    firsts = [c.first_answer_turn for c in scored(convs)]
+    answered = [f for f in firsts if f is not None]
+    return {
+        "mean": sum(answered) / len(answered) if answered else None,
+        "n_answered": len(answered),
+        "n_never": len(firsts) - len(answered),
+    }
+
+
+def mean_icpo_reward(convs: Iterable[Conversation]) -> dict[str, float | None]:
+    """Mean ICPO reward (DESIGN.md, Judges) of the assistant turns of scored conversations.
+
+    ``all`` plus the split by ``fully_specified`` (True / False); turns without a reward are
+    skipped, and a turn whose ``fully_specified`` is None counts only in ``all``. None where a
+    group has no turn.
+    """
+    groups: dict[str, list[float]] = {"all": [], "fully_specified": [], "underspecified": []}
+    for c in scored(convs):
+        for t in c.assistant_turns:
+            if t.reward is None:
+                continue
+            groups["all"].append(t.reward)
+            if t.fully_specified is True:
+                groups["fully_specified"].append(t.reward)
+            elif t.fully_specified is False:
+                groups["underspecified"].append(t.reward)
+    return {name: sum(r) / len(r) if r else None for name, r in groups.items()}
+
+
 def summary_row(convs: list[Conversation]) -> dict[str, float | int | None]:
     """The leaderboard figures of one group of conversations."""
     ok = scored(convs)
@@ -74,4 +198,6 @@ def summary_row(convs: list[Conversation]) -> dict[str, float | int | None]:
     row["failed"] = len(convs) - len(ok)
     row["premature_answer_rate"] = premature_answer_rate(ok)
     row["over_clarification_rate"] = over_clarification_rate(ok)
+    row["mean_first_answer_turn"] = mean_first_answer_turn(ok)["mean"]
+    row["mean_reward"] = mean_icpo_reward(ok)["all"]
     return row

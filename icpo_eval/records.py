@@ -155,6 +155,8 @@ class Conversation:
     judge: str
     seed: int
     run_index: int
+    #: Number of shards of the instruction (for progress metrics; None in older records).
+    n_shards: int | None = None
     turns: list[Turn] = field(default_factory=list)
     #: Score of the last answer attempt; 0 when the assistant never answered.
     final_score: float | None = None

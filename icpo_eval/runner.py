@@ -110,6 +110,7 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
             judge=judge.name,
             seed=derive_seed(spec.seed, cid),
             run_index=r,
+            n_shards=len(inst.shards),
         )
         states.append(
             ConversationState(
