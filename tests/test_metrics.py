@@ -249,23 +249,13 @@ def test_mean_icpo_reward_by_hand():
     assert mean_icpo_reward([]) == {"all": None, "fully_specified": None, "underspecified": None}
 
 
-def test_summary_row_new_keys_come_last():
+def test_summary_row_figures_all_reach_the_leaderboard():
+    from icpo_eval.leaderboard import COLUMNS
+
     c1 = conv("A", 1.0, [a("answer_attempt", True, 1.0)], first=1)
     c2 = conv("A", 0.0, [a("clarification", False, 1.0), a("answer_attempt", True, 0.0)], first=2)
     row = summary_row([c1, c2, conv("A", None, error="x")])
-    assert list(row) == [
-        "P",
-        "A90",
-        "U90_10",
-        "n_instructions",
-        "runs",
-        "n_conversations",
-        "failed",
-        "premature_answer_rate",
-        "over_clarification_rate",
-        "mean_first_answer_turn",
-        "mean_reward",
-    ]
+    assert set(row) <= set(COLUMNS)
     assert row["mean_first_answer_turn"] == pytest.approx(1.5)  # (1 + 2) / 2
     assert row["mean_reward"] == pytest.approx(2 / 3)  # (1 + 1 + 0) / 3
     assert row["failed"] == 1
