@@ -1,4 +1,9 @@
-"""Leaderboard CSV: one row per (model, family, mode) over one or many run directories."""
+"""Leaderboard CSV: one row per (model, family, mode) over one or many run directories.
+
+Run directories are merged; when a model was run on several families, an aggregate row per
+(model, mode) with family ``all`` pools their conversations (P etc. are then averaged over all
+their instructions). Runs are only merged when their settings agree (:data:`SETTINGS`).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,10 @@ import pandas as pd
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.metrics import summary_row
-from icpo_eval.records import Conversation
+from icpo_eval.records import Conversation, RunSpec
 from icpo_eval.store import CONVERSATIONS, load_run
+
+ALL = "all"  # the family of the aggregate rows
 
 COLUMNS = [
     "model",
@@ -47,16 +54,59 @@ def find_runs(root: str | Path) -> list[Path]:
     return runs
 
 
+#: Run settings that must agree before two runs' conversations are scored together.
+SETTINGS = ("temperature", "top_p", "max_new_tokens", "max_turns", "simulator", "judge", "version")
+
+
+def _settings(spec: RunSpec | None, conv: Conversation) -> dict[str, object]:
+    """What a conversation was produced under: its run's spec, or its own record."""
+    own = {"simulator": conv.simulator, "judge": conv.judge, "version": conv.version}
+    if spec is None:
+        return own
+    return {k: getattr(spec, k) for k in SETTINGS} | own
+
+
 def build(roots: list[str | Path]) -> pd.DataFrame:
+    """Merge every run under ``roots`` into one table (see the module doc).
+
+    Refused, with a line that says what differs: the same conversation in two runs (it would
+    count twice), and one (model, family, mode) whose runs used different settings.
+    """
     convs: list[Conversation] = []
+    origin: dict[str, Path] = {}
+    settings: dict[tuple[str, str, str], dict[tuple, Path]] = defaultdict(dict)
     for root in roots:
         for run_dir in find_runs(root):
-            convs.extend(load_run(run_dir)[1])
+            spec, run_convs = load_run(run_dir)
+            for c in run_convs:
+                if c.conversation_id in origin and origin[c.conversation_id] != run_dir:
+                    raise IcpoError(
+                        f"conversation {c.conversation_id} is in both {origin[c.conversation_id]}"
+                        f" and {run_dir}; pass one of them"
+                    )
+                origin[c.conversation_id] = run_dir
+                setting = tuple(sorted(_settings(spec, c).items()))
+                settings[(c.model, c.family, c.mode)].setdefault(setting, run_dir)
+                convs.append(c)
+    for key, seen in settings.items():
+        if len(seen) > 1:
+            (a, dir_a), (b, dir_b) = [(dict(t), d) for t, d in list(seen.items())[:2]]
+            diff = "; ".join(
+                f"{k} {a.get(k)!r} vs {b.get(k)!r}"
+                for k in sorted(a.keys() | b.keys())
+                if a.get(k) != b.get(k)
+            )
+            raise IcpoError(
+                f"{' '.join(key)}: {dir_a} and {dir_b} were run with different settings ({diff})"
+            )
     groups: dict[tuple[str, str, str], list[Conversation]] = defaultdict(list)
     for c in convs:
         groups[(c.model, c.family, c.mode)].append(c)
+        groups[(c.model, ALL, c.mode)].append(c)
     rows = []
     for (model, family, mode), group in sorted(groups.items()):
+        if family == ALL and len({c.family for c in group}) == 1:
+            continue  # one family: the aggregate would repeat its row
         row = {"model": model, "family": family, "mode": mode, **summary_row(group)}
         row["simulator"] = _joined(c.simulator for c in group)
         row["judge"] = _joined(c.judge for c in group)
