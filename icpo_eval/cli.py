@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("results", nargs="*", default=["results"], help="run or results directories")
     lb.add_argument("-o", "--output", default="results/leaderboard.csv")
 
+    rp = sub.add_parser("report", help="one self-contained HTML report: table, plots, transcripts")
+    rp.add_argument("results", nargs="+", help="run or results directories")
+    rp.add_argument("-o", "--output", default="report.html")
+    rp.add_argument("--max-transcripts", type=_positive_int, default=200)
+
     t = sub.add_parser("tasks", help="list, show or generate task sets")
     tsub = t.add_subparsers(dest="tasks_command", required=True)
     tsub.add_parser("list", help="task families and their committed sets")
@@ -112,6 +117,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from icpo_eval.report import write_report
+
+    out = write_report(args.results, args.output, max_transcripts=args.max_transcripts)
+    print(f"-> {out} ({out.stat().st_size / 1024:.0f} KiB)")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from icpo_eval.families import family_names, get_family
     from icpo_eval.paths import TASKS_DIR
@@ -136,7 +149,12 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "tasks": cmd_tasks}
+    handlers = {
+        "run": cmd_run,
+        "leaderboard": cmd_leaderboard,
+        "report": cmd_report,
+        "tasks": cmd_tasks,
+    }
     try:
         return handlers[args.command](args)
     except IcpoError as e:

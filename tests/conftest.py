@@ -12,7 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from icpo_eval.models.base import Generation, GenParams, Messages  # noqa: E402
-from icpo_eval.records import Instruction, Shard  # noqa: E402
+from icpo_eval.records import Conversation, Instruction, Shard  # noqa: E402
 
 
 class ScriptedBackend:
@@ -73,3 +73,22 @@ def make_math(task_id: str = "t1", answer: str = "8") -> Instruction:
 @pytest.fixture
 def math_inst() -> Instruction:
     return make_math()
+
+
+def make_conversation(**fields: object) -> Conversation:
+    """A conversation record with neutral defaults; pass the fields a test cares about."""
+    base: dict[str, object] = dict(
+        conversation_id="c",
+        run_id="r",
+        task_id="t",
+        family="math",
+        mode="sharded",
+        model="m",
+        simulator="rule",
+        judge="rule",
+        seed=0,
+        run_index=0,
+        version="0.1.0",
+    )
+    base.update(fields)
+    return Conversation(**base)  # type: ignore[arg-type]

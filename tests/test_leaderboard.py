@@ -6,8 +6,9 @@ import pytest
 from icpo_eval.cli import main
 from icpo_eval.errors import IcpoError
 from icpo_eval.leaderboard import ALL, COLUMNS, build
-from icpo_eval.records import Conversation, RunSpec, Turn
+from icpo_eval.records import RunSpec, Turn
 from icpo_eval.store import RunStore
+from tests.conftest import make_conversation
 
 
 def write_run(
@@ -26,21 +27,16 @@ def write_run(
             reward=score,
         )
         store.append(
-            Conversation(
+            make_conversation(
                 conversation_id=f"{model}:{family}:{mode}:{i}{tag}",
                 run_id=directory.name,
                 task_id=f"{family}-{i}",
                 family=family,
                 mode=mode,
                 model=model,
-                simulator="rule",
-                judge="rule",
-                seed=0,
-                run_index=0,
                 turns=[turn],
                 final_score=score,
                 first_answer_turn=1,
-                version="0.1.0",
             )
         )
     store.close()

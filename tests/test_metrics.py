@@ -12,21 +12,15 @@ from icpo_eval.metrics import (
     premature_answer_rate,
     summary_row,
 )
-from icpo_eval.records import Conversation, Turn
+from icpo_eval.records import Turn
+from tests.conftest import make_conversation
 
 
 def conv(task, score, turns=(), error=None, mode="sharded", first=None):
-    return Conversation(
+    return make_conversation(
         conversation_id=f"{task}-{score}-{len(turns)}-{error}",
-        run_id="r",
         task_id=task,
-        family="math",
         mode=mode,
-        model="m",
-        simulator="rule",
-        judge="rule",
-        seed=0,
-        run_index=0,
         turns=list(turns),
         final_score=None if error else score,
         error=error,

@@ -11,6 +11,7 @@ from icpo_eval.records import (
     conversation_id,
     derive_seed,
 )
+from tests.conftest import make_conversation
 
 
 def test_instruction_round_trip_keeps_lic_layout(math_inst):
@@ -49,17 +50,8 @@ def test_malformed_instruction_is_a_user_error(bad, words):
 
 
 def test_conversation_round_trip():
-    c = Conversation(
-        conversation_id="c",
-        run_id="r",
-        task_id="t",
-        family="math",
-        mode="sharded",
-        model="m",
-        simulator="rule",
-        judge="rule",
+    c = make_conversation(
         seed=3,
-        run_index=0,
         turns=[
             Turn(0, "user", "hi", shards=[1]),
             Turn(1, "assistant", "8", category="answer_attempt", score=1.0, fully_specified=True),

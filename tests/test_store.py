@@ -5,21 +5,12 @@ import pytest
 from icpo_eval.errors import IcpoError
 from icpo_eval.records import Conversation, RunSpec
 from icpo_eval.store import RunStore, load_run, read_conversations
+from tests.conftest import make_conversation
 
 
 def conv(i: int) -> Conversation:
-    return Conversation(
-        conversation_id=f"c{i}",
-        run_id="r",
-        task_id=f"t{i}",
-        family="math",
-        mode="full",
-        model="m",
-        simulator="rule",
-        judge="rule",
-        seed=i,
-        run_index=0,
-        final_score=0.0,
+    return make_conversation(
+        conversation_id=f"c{i}", task_id=f"t{i}", mode="full", seed=i, final_score=0.0
     )
 
 
