@@ -1,8 +1,10 @@
 """Leaderboard CSV: one row per (model, family, mode) over one or many run directories.
 
-Run directories are merged; when a model was run on several families, an aggregate row per
-(model, mode) with family ``all`` pools their conversations (P etc. are then averaged over all
-their instructions). Runs are only merged when their settings agree (:data:`SETTINGS`).
+Run directories are merged. Each model also gets aggregate rows, one per mode, with family
+``all``: they pool the model's conversations of every family (P etc. are then averaged over all
+its instructions). Modes are never pooled: P over full and sharded together would mean nothing.
+With one family the aggregate repeats that family's figures; filter on ``family == "all"``.
+Runs are only merged when their settings agree (:data:`SETTINGS`).
 """
 
 from __future__ import annotations
@@ -105,8 +107,6 @@ def build(roots: list[str | Path]) -> pd.DataFrame:
         groups[(c.model, ALL, c.mode)].append(c)
     rows = []
     for (model, family, mode), group in sorted(groups.items()):
-        if family == ALL and len({c.family for c in group}) == 1:
-            continue  # one family: the aggregate would repeat its row
         row = {"model": model, "family": family, "mode": mode, **summary_row(group)}
         row["simulator"] = _joined(c.simulator for c in group)
         row["judge"] = _joined(c.judge for c in group)

@@ -1,6 +1,9 @@
 """The HTML report: one self-contained file with the table, every plot and escaped transcripts."""
 
+import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -107,7 +110,7 @@ def test_leaderboard_table_holds_both_models(two_models):
     html = render([two_models])
     table = re.search(r'<table class="lb">(.*?)</table>', html, re.S).group(1)
     assert "model-a" in table and "model-b" in table
-    assert table.count("<tr>") == 1 + 4  # header + 2 models x 2 modes
+    assert table.count("<tr>") == 1 + 8  # header + 2 models x 2 modes x (math, all)
 
 
 def test_transcripts_are_escaped(two_models):
@@ -166,3 +169,60 @@ def test_cli_missing_directory_is_one_line_exit_2(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("icpo-eval: error:") and "nope" in err[0]
     assert not out.exists()
+
+
+# -- in a real browser --------------------------------------------------------------------------
+# Headless Chromium (Debian's `chromium`; .ci/run installs it when missing) loads the page, must
+# log nothing to the console, and takes a screenshot. Console messages reach stderr as
+# "INFO:CONSOLE" lines with --enable-logging=stderr --log-level=0; a control page that does log
+# proves the check can fail.
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+
+
+def chromium_console(page, screenshot, tmp_path):
+    """Load ``page`` headless, save a screenshot; return the console lines it logged."""
+    proc = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--hide-scrollbars",
+            "--window-size=1280,2400",
+            "--enable-logging=stderr",
+            "--log-level=0",
+            f"--screenshot={screenshot}",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+    )
+    assert screenshot.exists(), proc.stderr[-2000:]
+    return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+
+
+@needs_chromium
+def test_console_check_catches_errors(tmp_path):
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><script>console.error('boom'); nope();</script></body></html>")
+    lines = chromium_console(bad, tmp_path / "bad.png", tmp_path)
+    assert any("boom" in x for x in lines) and any("nope" in x for x in lines)
+
+
+@needs_chromium
+def test_report_renders_in_chromium_without_console_errors(two_models, tmp_path):
+    page = write_report([two_models], tmp_path / "report.html")
+    shot = tmp_path / "report.png"
+    assert chromium_console(page, shot, tmp_path) == []
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a page, not a blank
