@@ -8,11 +8,12 @@ bootstrap:
 	./scripts/bootstrap.sh
 
 # The main job on the embedded model: 10 math instructions in full, concat and sharded mode,
-# then a leaderboard of the run.
+# then its leaderboard and HTML report.
 demo: bootstrap
 	$(VENV)/bin/icpo-eval run --model local/smollm2 --tasks math --modes full,concat,sharded \
 		--limit 10 --out $(DEMO_OUT)
 	$(VENV)/bin/icpo-eval leaderboard $(DEMO_OUT) -o $(DEMO_OUT)/leaderboard.csv
+	$(VENV)/bin/icpo-eval report $(DEMO_OUT) -o $(DEMO_OUT)/report.html
 
 test: bootstrap
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
