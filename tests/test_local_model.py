@@ -83,6 +83,9 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent(backend):
     assert backend.generate_static([msgs, msgs], params, [2, 1])[1].text == a[0].text
     greedy = backend.generate([msgs], GenParams(max_new_tokens=8), [0])[0]
     assert greedy.tokens_out == 8 and greedy.truncated and greedy.tokens_in > 5
+    # A reply that ends on its first token (from the prefill) takes no decode step.
+    one = backend.generate([msgs, msgs], GenParams(max_new_tokens=1), [0, 0])
+    assert [g.tokens_out for g in one] == [1, 1] and all(g.truncated for g in one)
 
 
 def test_run_on_lic_file_and_leaderboard(tmp_path):

@@ -326,14 +326,20 @@ class _ContinuousBatch:
                     admit.append(queue.popleft())
                 if admit:
                     self._admit(admit)
+                    # A reply can end on its first token (sampled from the prefill).
+                    self._emit_finished(queue)
                 if self.rows:
                     self._step()
-                for row, saved in self._pop_finished():
-                    follow = self.on_result(row.key, self._generation(row))
-                    if follow is not None:
-                        queue.appendleft(follow)
-                        if follow[0] == row.key:  # the same conversation goes on
-                            self.saved[row.key] = saved
+                    self._emit_finished(queue)
+
+    def _emit_finished(self, queue: deque[tuple[Any, Messages, int]]) -> None:
+        """Hand every ended row to ``on_result``; queue the follow-ups it returns first."""
+        for row, saved in self._pop_finished():
+            follow = self.on_result(row.key, self._generation(row))
+            if follow is not None:
+                queue.appendleft(follow)
+                if follow[0] == row.key:  # the same conversation goes on
+                    self.saved[row.key] = saved
 
     def _admit(self, batch: list[tuple[Any, Messages, int]]) -> None:
         """Prefill new requests in one forward pass and merge them into the running batch.
