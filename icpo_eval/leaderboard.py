@@ -10,7 +10,7 @@ Runs are only merged when their settings agree (:data:`SETTINGS`).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -68,8 +68,17 @@ def _settings(spec: RunSpec | None, conv: Conversation) -> dict[str, object]:
     return {k: getattr(spec, k) for k in SETTINGS} | own
 
 
-def build(roots: list[str | Path]) -> pd.DataFrame:
-    """Merge every run under ``roots`` into one table (see the module doc).
+#: Columns that are shares, turns or rewards (4 decimals); P, A90 and U90-10 get 2.
+RATE_COLUMNS = (
+    "premature_answer_rate",
+    "over_clarification_rate",
+    "mean_first_answer_turn",
+    "mean_reward",
+)
+
+
+def collect(roots: Sequence[str | Path]) -> list[Conversation]:
+    """Every conversation of every run at or below ``roots``, checked for merging.
 
     Refused, with a line that says what differs: the same conversation in two runs (it would
     count twice), and one (model, family, mode) whose runs used different settings.
@@ -101,6 +110,11 @@ def build(roots: list[str | Path]) -> pd.DataFrame:
             raise IcpoError(
                 f"{' '.join(key)}: {dir_a} and {dir_b} were run with different settings ({diff})"
             )
+    return convs
+
+
+def table(convs: Sequence[Conversation]) -> pd.DataFrame:
+    """The leaderboard of already collected conversations (see the module doc)."""
     groups: dict[tuple[str, str, str], list[Conversation]] = defaultdict(list)
     for c in convs:
         groups[(c.model, c.family, c.mode)].append(c)
@@ -115,14 +129,14 @@ def build(roots: list[str | Path]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("P", "A90", "U90_10"):
         df[col] = df[col].astype(float).round(2)
-    for col in (
-        "premature_answer_rate",
-        "over_clarification_rate",
-        "mean_first_answer_turn",
-        "mean_reward",
-    ):
+    for col in RATE_COLUMNS:
         df[col] = df[col].astype(float).round(4)
     return df
+
+
+def build(roots: Sequence[str | Path]) -> pd.DataFrame:
+    """Merge every run under ``roots`` into one table: :func:`collect`, then :func:`table`."""
+    return table(collect(roots))
 
 
 def _joined(values: Iterable[object]) -> str:

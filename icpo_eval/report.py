@@ -4,11 +4,12 @@ Why one file: a report is mailed, attached to a pull request or opened from a CI
 offline. So nothing is fetched: the CSS is inline, the plots are PNGs embedded as base64 data
 URIs, and transcripts collapse with plain ``<details>`` elements (no JavaScript).
 
-The table is :func:`icpo_eval.leaderboard.build` unchanged, so the report refuses exactly what the
-leaderboard refuses (runs of one model, family and mode with different settings). Every figure is
-computed by :mod:`icpo_eval.metrics`; this module only groups conversations by model and draws.
-Plots are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas, never through
-``pyplot``, so no global backend or figure state is touched.
+The table is :func:`icpo_eval.leaderboard.table` over :func:`icpo_eval.leaderboard.collect`, so
+the report refuses exactly what the leaderboard refuses (runs of one model, family and mode with
+different settings) and reads each run once. Every figure is computed by
+:mod:`icpo_eval.metrics`; this module only groups conversations by model and draws. Plots are
+drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas, never through ``pyplot``,
+so no global backend or figure state is touched.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from icpo_eval import __version__
-from icpo_eval.leaderboard import build as build_leaderboard
-from icpo_eval.leaderboard import find_runs
+from icpo_eval.leaderboard import RATE_COLUMNS, collect, table
 from icpo_eval.metrics import (
     degradations,
     non_answer_share_by_progress,
@@ -37,7 +37,6 @@ from icpo_eval.metrics import (
 )
 from icpo_eval.paths import PROMPTS_DIR
 from icpo_eval.records import MODES, Conversation
-from icpo_eval.store import load_run
 
 TEMPLATE = "report.html.j2"
 DEFAULT_MAX_TRANSCRIPTS = 200
@@ -45,14 +44,6 @@ BUCKETS = 5  # conversation-progress buckets (ICPO paper, Fig. 1)
 
 #: One colour per series; models cycle through it in sorted order.
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3")
-
-#: Leaderboard columns shown with 3 decimals (rates, turns, rewards); P, A90, U90-10 get 2.
-_RATE_COLUMNS = {
-    "premature_answer_rate",
-    "over_clarification_rate",
-    "mean_first_answer_turn",
-    "mean_reward",
-}
 
 
 @dataclass
@@ -64,19 +55,6 @@ class Plot:
     caption: str
     png_base64: str
     no_data: bool = False
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_conversations(roots: Sequence[str | Path]) -> list[Conversation]:
-    """Every conversation of every run at or below ``roots`` (the runs the leaderboard reads)."""
-    convs: list[Conversation] = []
-    for root in roots:
-        for run_dir in find_runs(root):
-            convs.extend(load_run(run_dir)[1])
-    return convs
 
 
 def _mode_key(mode: str) -> tuple[int, str]:
@@ -311,7 +289,7 @@ def _cell(column: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
-        if column in _RATE_COLUMNS:
+        if column in RATE_COLUMNS:
             return f"{value:.3f}"
         return f"{value:.2f}" if column != "runs" else f"{value:g}"
     return str(value)
@@ -322,32 +300,18 @@ def _fmt(value: float | None) -> str:
 
 
 def _transcript(c: Conversation) -> dict[str, Any]:
-    turns = []
-    for t in c.turns:
-        turns.append(
-            {
-                "index": t.index,
-                "role": t.role,
-                "content": t.content,
-                "shards": ", ".join(str(s) for s in t.shards),
-                "note": t.note,
-                "category": t.category,
-                "fully_specified": t.fully_specified,
-                "answer": t.answer,
-                "score": _fmt(t.score),
-                "reward": _fmt(t.reward),
-                "truncated": t.truncated,
-            }
-        )
-    return {
+    turns = [
+        t.to_dict()
+        | {
+            "shards": ", ".join(str(s) for s in t.shards),
+            "score": _fmt(t.score),
+            "reward": _fmt(t.reward),
+        }
+        for t in c.turns
+    ]
+    return c.to_dict() | {
         "id": c.conversation_id,
-        "task_id": c.task_id,
-        "mode": c.mode,
-        "model": c.model,
-        "family": c.family,
-        "run_index": c.run_index,
         "final_score": _fmt(c.final_score),
-        "error": c.error,
         "turns": turns,
     }
 
@@ -360,16 +324,16 @@ def render(roots: Sequence[str | Path], max_transcripts: int = DEFAULT_MAX_TRANS
     """
     if max_transcripts < 0:
         raise ValueError(f"max_transcripts must be at least 0, got {max_transcripts}")
-    table = build_leaderboard(list(roots))
-    convs = load_conversations(roots)
+    convs = collect(roots)
+    board = table(convs)
     ordered = sorted(
         convs, key=lambda c: (c.model, c.family, c.task_id, _mode_key(c.mode), c.run_index)
     )
     shown = ordered[:max_transcripts]
-    columns = list(table.columns)
+    columns = list(board.columns)
     rows = [
         [_cell(col, v) for col, v in zip(columns, rec)]
-        for rec in table.astype(object).where(table.notna(), None).itertuples(index=False)
+        for rec in board.astype(object).where(board.notna(), None).itertuples(index=False)
     ]
     env = Environment(
         loader=FileSystemLoader(str(PROMPTS_DIR)),

@@ -210,20 +210,19 @@ class LocalBackend:
         latency = time.perf_counter() - t0
         new = out[:, enc["input_ids"].shape[1] :].tolist()
         tokens_in = enc["attention_mask"].sum(dim=1).tolist()
-        gens = []
-        for row, n_in in zip(new, tokens_in):
-            stop_at = next((j for j, t in enumerate(row) if t in self.stop_ids), None)
-            kept = row if stop_at is None else row[:stop_at]
-            gens.append(
-                Generation(
-                    text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                    tokens_in=int(n_in),
-                    tokens_out=len(kept) + (0 if stop_at is None else 1),
-                    truncated=stop_at is None,
-                    latency_s=round(latency, 4),
-                )
-            )
-        return gens
+        return [self.to_generation(row, int(n), latency) for row, n in zip(new, tokens_in)]
+
+    def to_generation(self, tokens: list[int], tokens_in: int, latency: float) -> Generation:
+        """A reply from its generated ids: cut at the first stop token (kept in the count)."""
+        stop_at = next((j for j, t in enumerate(tokens) if t in self.stop_ids), None)
+        kept = tokens if stop_at is None else tokens[:stop_at]
+        return Generation(
+            text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+            tokens_in=tokens_in,
+            tokens_out=len(kept) + (0 if stop_at is None else 1),
+            truncated=stop_at is None,
+            latency_s=round(latency, 4),
+        )
 
 
 class _GumbelSampler:
@@ -358,7 +357,8 @@ class _ContinuousBatch:
         for key, msgs, seed in batch:
             ids = self.b.encode(msgs)
             saved = self.saved.pop(key, None)
-            n = _common_prefix(saved.ids, ids) if saved is not None else 0
+            # Length of the longest common prefix (commonprefix works on any sequences).
+            n = len(os.path.commonprefix([saved.ids, ids])) if saved is not None else 0
             if saved is None or not 0 < n < len(ids):
                 saved, n = None, 0
             items.append((self._new_row(key, ids, seed), saved, n))
@@ -458,11 +458,11 @@ class _ContinuousBatch:
         """Remove the rows that ended; return each with its cache (for a next turn)."""
         import torch
 
-        done = [i for i, r in enumerate(self.rows) if self._done(r)]
+        done = {i for i, r in enumerate(self.rows) if self._done(r)}
         if not done:
             return []
         finished = []
-        for i in done:
+        for i in sorted(done):
             row = self.rows[i]
             real = self.mask[i].nonzero().squeeze(1)  # the row's non-padding columns
             kv = [
@@ -471,7 +471,7 @@ class _ContinuousBatch:
             ]
             # The last sampled token was never fed, so it has no keys/values yet.
             finished.append((row, _Saved(row.ids + row.tokens[:-1], kv)))
-        keep = [i for i in range(len(self.rows)) if i not in set(done)]
+        keep = [i for i in range(len(self.rows)) if i not in done]
         self.rows = [self.rows[i] for i in keep]
         if not keep:
             self.cache = self.mask = self.last = None
@@ -495,15 +495,7 @@ class _ContinuousBatch:
         return sampler(None, logits).argmax(dim=-1).tolist()
 
     def _generation(self, row: _Row) -> Generation:
-        ended = row.tokens[-1] in self.b.stop_ids
-        kept = row.tokens[:-1] if ended else row.tokens
-        return Generation(
-            text=self.b.tokenizer.decode(kept, skip_special_tokens=True).strip(),
-            tokens_in=len(row.ids),
-            tokens_out=len(row.tokens),
-            truncated=not ended,
-            latency_s=round(time.perf_counter() - row.started, 4),
-        )
+        return self.b.to_generation(row.tokens, len(row.ids), time.perf_counter() - row.started)
 
 
 def _seeded(seed: int, device: str) -> Any:
@@ -512,12 +504,3 @@ def _seeded(seed: int, device: str) -> Any:
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
