@@ -16,7 +16,7 @@ demo: bootstrap
 	$(VENV)/bin/icpo-eval report $(DEMO_OUT) -o $(DEMO_OUT)/report.html
 
 test: bootstrap
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+	HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True $(VENV)/bin/python -m pytest -q
 
 lint: bootstrap
 	$(VENV)/bin/ruff check icpo_eval tests benchmarks

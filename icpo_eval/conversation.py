@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 from icpo_eval import __version__
 from icpo_eval.families import Family
-from icpo_eval.judges import TurnJudge, icpo_reward
+from icpo_eval.judges import TurnJudge, judge_reply
 from icpo_eval.models.base import Generation, Messages
 from icpo_eval.records import Conversation, Instruction, Turn, derive_seed
 from icpo_eval.simulator import RuleSimulator, UserTurn
@@ -85,20 +85,17 @@ class ConversationState:
         """Record the assistant's reply, judge it, and either finish or add the next user turn."""
         history = self.messages()
         fully = self.inst.required_ids <= self.revealed
-        category = self.judge.classify(self.inst, gen.text, history)
-        answer = score = None
-        if category == "answer_attempt":
-            answer = self.family.extract(self.inst, gen.text)
-            score = self.family.evaluate(self.inst, answer)
+        v = judge_reply(self.inst, self.family, self.judge, gen.text, history, fully, gen.truncated)
         turn = Turn(
             index=len(self.record.turns),
             role="assistant",
             content=gen.text,
             fully_specified=fully,
-            category=category,
-            answer=answer,
-            score=score,
-            reward=icpo_reward(fully, category, score, gen.truncated),
+            category=v.category,
+            answer=v.answer,
+            score=v.score,
+            detail=v.detail,
+            reward=v.reward,
             truncated=gen.truncated,
             judge=self.judge.name,
             latency_s=gen.latency_s,
@@ -110,7 +107,7 @@ class ConversationState:
         if self._should_stop(turn):
             self._finish()
             return
-        asked = category in ("clarification", "interrogation")
+        asked = v.category in ("clarification", "interrogation")
         self._add_user(self.simulator.next_turn(self.inst, self.revealed, gen.text, asked))
 
     def fail(self, error: str) -> None:

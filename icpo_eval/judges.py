@@ -39,9 +39,11 @@ the ICPO reward never counts a truncated reply as a non-answer, so that a policy
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from icpo_eval.errors import IcpoError
+from icpo_eval.families import Family, get_family
 from icpo_eval.records import NON_ANSWERS, Instruction
 
 Messages = list[dict[str, str]]
@@ -236,13 +238,53 @@ class RuleJudge:
 
     def classify(self, inst: Instruction, response: str, history: Messages) -> str:
         users = [m["content"] for m in history if m["role"] == "user"]
-        return rule_classify(response, "\n".join(users), users[0] if users else "")
+        category = rule_classify(response, "\n".join(users), users[0] if users else "")
+        if category in ("answer_attempt", "hedge", "missing"):
+            return category
+        family = get_family(inst.task)
+        if family.answer_by_extraction and family.extract(inst, response) is not None:
+            return "answer_attempt"
+        return category
 
 
 def get_judge(name: str) -> TurnJudge:
     if name == "rule":
         return RuleJudge()
     raise IcpoError(f"unknown judge {name!r} (available offline: rule)")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Everything the judges say about one assistant reply."""
+
+    category: str
+    answer: str | None  # extracted answer (answer attempts only)
+    score: float | None  # evaluator's score (answer attempts only)
+    detail: dict[str, Any] | None  # evaluator's details (answer attempts only)
+    reward: float  # ICPO reward
+
+
+def judge_reply(
+    inst: Instruction,
+    family: Family,
+    judge: TurnJudge,
+    response: str,
+    history: Messages,
+    fully_specified: bool,
+    truncated: bool = False,
+) -> Verdict:
+    """Classify, extract, grade and reward one reply.
+
+    The conversation loop and the ICPO trainer's reward function both call this, so that the
+    reward a policy is trained on is exactly the one the harness measures.
+    """
+    category = judge.classify(inst, response, history)
+    answer = score = detail = None
+    if category == "answer_attempt":
+        answer = family.extract(inst, response)
+        score, detail = family.grade(inst, answer)
+    reward = icpo_reward(fully_specified, category, score, truncated)
+    return Verdict(category, answer, score, detail, reward)
 
 
 def icpo_reward(

@@ -133,6 +133,9 @@ class Turn:
     #: User turns: how the simulator chose what to say ("next", "answered_question",
     #: "irrelevant_question", "no_more_shards").
     note: str | None = None
+    #: Assistant answer attempts: what the evaluator found beyond the score, e.g.
+    #: ``{"passed": 3, "total": 4}`` for code. JSON-serialisable; None when it had nothing to add.
+    detail: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from icpo_eval.models.base import Generation, GenParams, Messages  # noqa: E402

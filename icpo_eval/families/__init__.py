@@ -7,6 +7,8 @@ family never touches the conversation loop.
 
 from __future__ import annotations
 
+from typing import Any
+
 from icpo_eval.errors import IcpoError
 from icpo_eval.records import Instruction
 
@@ -18,6 +20,11 @@ class Family:
     name: str = ""
     #: Jinja2 template in ``prompts/`` holding the assistant's system prompt.
     system_prompt_template: str = "system_default.j2"
+    #: When True, a reply from which :meth:`extract` gets an answer (a code block, a SQL query,
+    #: a function call) is an answer attempt whatever prose surrounds it; the turn judges ask
+    #: the family before applying their own cues. Numeric families leave it False, because a
+    #: number in a reply is as often the user's own number repeated as an answer.
+    answer_by_extraction: bool = False
 
     def generate(self, n: int, seed: int) -> list[Instruction]:
         """Make ``n`` instances; the same seed always gives the same list."""
@@ -34,6 +41,14 @@ class Family:
     def evaluate(self, inst: Instruction, answer: str | None) -> float:
         """Score in [0, 1] of an extracted answer against the instruction's reference."""
         raise NotImplementedError
+
+    def grade(self, inst: Instruction, answer: str | None) -> tuple[float, dict[str, Any] | None]:
+        """Score plus details worth recording on the turn (``Turn.detail``).
+
+        Families whose evaluation has more to say than the score (tests passed of total, rows
+        returned) override this; the default has no details.
+        """
+        return self.evaluate(inst, answer), None
 
 
 _REGISTRY: dict[str, Family] = {}
