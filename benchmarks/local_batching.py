@@ -67,7 +67,7 @@ def raw_generate(backend, batch: int, tokens: int, n: int) -> tuple[float, int]:
     import torch
 
     from icpo_eval.families import get_family
-    from icpo_eval.runner import render_prompt
+    from icpo_eval.prompting import render_prompt
     from icpo_eval.tasksets import load_tasks
 
     family = get_family("math")

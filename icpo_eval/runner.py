@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
 from icpo_eval import __version__
 from icpo_eval.conversation import ConversationState
 from icpo_eval.errors import IcpoError
@@ -31,7 +29,6 @@ from icpo_eval.judges import get_judge
 from icpo_eval.metrics import summary_row
 from icpo_eval.models import Backend, GenParams, check_model_name, load_backend
 from icpo_eval.models.base import Generation, Request, StreamingBackend
-from icpo_eval.paths import PROMPTS_DIR
 from icpo_eval.records import (
     MODES,
     Conversation,
@@ -43,13 +40,6 @@ from icpo_eval.records import (
 from icpo_eval.simulator import get_simulator
 from icpo_eval.store import RunStore
 from icpo_eval.tasksets import load_tasks
-
-
-def render_prompt(template: str, **variables: object) -> str:
-    env = Environment(
-        loader=FileSystemLoader(str(PROMPTS_DIR)), undefined=StrictUndefined, autoescape=False
-    )
-    return env.get_template(template).render(**variables).strip()
 
 
 def run_id_of(spec: RunSpec) -> str:
@@ -91,14 +81,11 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
     store, done = RunStore.open(spec.out, spec)
     result = RunResult(out=Path(spec.out))
     states = []
-    prompts: dict[str, str] = {}
     for cid, inst, mode, r in todo:
         if cid in done:
             result.skipped += 1
             continue
         family = get_family(inst.task)
-        if family.name not in prompts:
-            prompts[family.name] = render_prompt(family.system_prompt_template)
         record = Conversation(
             conversation_id=cid,
             run_id=run_id_of(spec),
@@ -117,7 +104,7 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
                 inst,
                 family,
                 record,
-                prompts[family.name],
+                family.system_prompt(inst),
                 simulator,
                 judge,
                 spec.max_turns,

@@ -30,6 +30,21 @@ class Family:
         """Make ``n`` instances; the same seed always gives the same list."""
         raise IcpoError(f"family {self.name!r} cannot generate tasks")
 
+    def system_prompt(self, inst: Instruction) -> str:
+        """The assistant's system prompt for this instruction.
+
+        Rendered from :attr:`system_prompt_template` with :meth:`prompt_variables`; families
+        whose prompt depends on the instance (the actions family lists the functions the
+        instance may call) override :meth:`prompt_variables`.
+        """
+        from icpo_eval.prompting import render_prompt
+
+        return render_prompt(self.system_prompt_template, **self.prompt_variables(inst))
+
+    def prompt_variables(self, inst: Instruction) -> dict[str, Any]:
+        """Variables of the system prompt template; none by default."""
+        return {}
+
     def full_prompt(self, inst: Instruction) -> str:
         """The original, fully specified instruction, shown in ``full`` mode."""
         return " ".join(s.shard for s in inst.shards)
