@@ -58,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", default="report.html")
     rp.add_argument("--max-transcripts", type=_positive_int, default=200)
 
+    ex = sub.add_parser("export", help="every judged assistant turn of a run as reward data")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", default="jsonl", choices=["jsonl", "hf", "verl"])
+    ex.add_argument("--augment", action="store_true", help="add full and q* prompts per task")
+    ex.add_argument("--tasks", default=None, help="task set the run used (default: run.json's)")
+    ex.add_argument("-o", "--output", required=True, help="output directory (new or empty)")
+
+    tr = sub.add_parser("train", help="ICPO fine-tuning (TRL GRPO) on exported reward data")
+    tr.add_argument("--config", required=True, help="recipe YAML, e.g. train/smollm2-cpu.yaml")
+    tr.add_argument("--data", default=None, help="export directory (overrides the recipe's)")
+    tr.add_argument("--output-dir", default=None, help="checkpoint directory (overrides)")
+    tr.add_argument("--max-steps", type=_positive_int, default=None, help="override the recipe")
+
     t = sub.add_parser("tasks", help="list, show or generate task sets")
     tsub = t.add_subparsers(dest="tasks_command", required=True)
     tsub.add_parser("list", help="task families and their committed sets")
@@ -125,6 +138,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from icpo_eval.export import export_run
+
+    out, counts = export_run(
+        args.run_dir, args.output, args.format, augment=args.augment, tasks=args.tasks
+    )
+    print(
+        f"{counts['rows']} rows ({counts['fully_specified']} fully specified, "
+        f"{counts['underspecified']} underspecified, {counts['augment_rows']} from --augment) "
+        f"-> {out} ({args.format})"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from icpo_eval.train import load_recipe, train
+
+    recipe = load_recipe(args.config)
+    if args.data:
+        recipe.data = args.data
+    if args.output_dir:
+        recipe.output_dir = args.output_dir
+    if args.max_steps:
+        recipe.max_steps = args.max_steps
+    out = train(recipe)
+    print(f"-> {out}  (evaluate: icpo-eval run --model hf/{out})")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from icpo_eval.families import family_names, get_family
     from icpo_eval.paths import TASKS_DIR
@@ -153,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         "run": cmd_run,
         "leaderboard": cmd_leaderboard,
         "report": cmd_report,
+        "export": cmd_export,
+        "train": cmd_train,
         "tasks": cmd_tasks,
     }
     try:

@@ -7,6 +7,7 @@ family never touches the conversation loop.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from icpo_eval.errors import IcpoError
@@ -48,6 +49,34 @@ class Family:
     def full_prompt(self, inst: Instruction) -> str:
         """The original, fully specified instruction, shown in ``full`` mode."""
         return " ".join(s.shard for s in inst.shards)
+
+    def underspecified_variants(
+        self, inst: Instruction, rng: random.Random, n: int = 2
+    ) -> list[tuple[str, list[int]]]:
+        """Up to ``n`` single-turn prompts that lack 1–2 required conditions (ICPO's q*).
+
+        Each is ``(prompt, removed shard ids)``: the instruction's shards in order, with one or
+        two required shards other than shard 1 (the intent) left out and the rest joined as one
+        paragraph. For generated families ``required_shards`` makes the variants exactly
+        underspecified; for LiC records every shard counts as required, so any non-first shard
+        may go. Instructions with no removable shard have no variants.
+        """
+        removable = sorted(inst.required_ids - {inst.shards[0].shard_id})
+        if not removable:
+            return []
+        candidates = [[i] for i in removable]
+        candidates += [[a, b] for j, a in enumerate(removable) for b in removable[j + 1 :]]
+        singles, pairs = candidates[: len(removable)], candidates[len(removable) :]
+        rng.shuffle(singles)
+        rng.shuffle(pairs)
+        # Alternate one-removed and two-removed variants so that both kinds appear.
+        order = [c for pair in zip(singles, pairs) for c in pair]
+        order += singles[len(pairs) :] + pairs[len(singles) :]
+        out = []
+        for removed in order[:n]:
+            kept = [s.shard for s in inst.shards if s.shard_id not in removed]
+            out.append((" ".join(kept), removed))
+        return out
 
     def extract(self, inst: Instruction, response: str) -> str | None:
         """The answer the response commits to, normalised, or None."""
