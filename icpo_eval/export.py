@@ -220,6 +220,7 @@ def write_export(
     elif fmt == "hf":
         import datasets
 
+        datasets.disable_progress_bars()
         datasets.Dataset.from_list(rows).save_to_disk(str(d))
     else:
         import pandas as pd

@@ -4,7 +4,10 @@ A value is a comma-separated list of sources:
 
 - a family name (``math``): the committed set ``tasks/<family>.jsonl``;
 - ``lic:FILE``: a Lost-in-Conversation JSON array (see :mod:`icpo_eval.families.lic`);
-- a path to a ``.jsonl`` file of instructions in the LiC layout, one per line.
+- a path to a ``.jsonl`` file of instructions in the LiC layout, one per line;
+- ``hf:NAME[:SPLIT]``: LiC-format records through Hugging Face ``datasets`` (see
+  :func:`load_hf`): a hub id (offline only when cached), a folder written by ``save_to_disk``,
+  or a local JSON/JSONL/Parquet file.
 
 ``limit`` keeps the first K instructions of each source.
 """
@@ -12,7 +15,9 @@ A value is a comma-separated list of sources:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import family_names, get_family
@@ -46,8 +51,117 @@ def write_jsonl(instructions: list[Instruction], path: str | Path) -> None:
             f.write(json.dumps(inst.to_dict(), ensure_ascii=False) + "\n")
 
 
+#: Record fields that LiC data on the Hugging Face hub (and any dataset saved from ours) keeps as
+#: JSON strings, because Arrow columns need one type across records of every family.
+_JSON_FIELDS = (
+    "shards",
+    "required_shards",
+    "function",
+    "reference_answer",
+    "fully_specified_question",
+)
+_log = logging.getLogger(__name__)
+
+
+def _hf_record(row: dict[str, Any]) -> dict[str, Any]:
+    """A dataset row as an instruction dict: JSON-string fields decoded, and the ``None``
+    values that Arrow gives to columns of other families' records dropped."""
+    rec = {k: v for k, v in row.items() if v is not None}
+    for key in _JSON_FIELDS:
+        value = rec.get(key)
+        if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+            try:
+                rec[key] = json.loads(value)
+            except json.JSONDecodeError:
+                pass  # Instruction.from_dict names the bad field
+    return rec
+
+
+def _split_hf_spec(spec: str) -> tuple[str, str | None]:
+    """``NAME[:SPLIT]``; a colon that belongs to an existing path is not a split separator."""
+    if Path(spec).exists() or ":" not in spec:
+        return spec, None
+    name, split = spec.rsplit(":", 1)
+    if not name or not split or "/" in split:
+        raise IcpoError(f"hf:{spec}: expected hf:NAME or hf:NAME:SPLIT")
+    return name, split
+
+
+def _open_hf(name: str, split: str | None) -> Any:
+    """The dataset (one split) behind ``name``: saved folder, local file, or hub id."""
+    import datasets
+
+    path = Path(name).expanduser()
+    if path.is_dir() and (
+        (path / "dataset_info.json").is_file()
+        or (path / "state.json").is_file()
+        or (path / "dataset_dict.json").is_file()
+    ):
+        ds = datasets.load_from_disk(str(path))
+    elif path.is_file():
+        kind = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}.get(
+            path.suffix.lower()
+        )
+        if kind is None:
+            raise IcpoError(f"hf:{name}: unsupported file type {path.suffix or '(none)'}")
+        ds = datasets.load_dataset(kind, data_files=str(path))
+    else:
+        ds = (
+            datasets.load_dataset(name)
+            if split is None
+            else datasets.load_dataset(name, split=split)
+        )
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None:
+            split = "train" if "train" in ds or len(ds) != 1 else next(iter(ds))
+        if split not in ds:
+            raise IcpoError(f"hf:{name}: no split {split!r} (splits: {', '.join(ds)})")
+        ds = ds[split]
+    return ds
+
+
+def load_hf(spec: str) -> list[Instruction]:
+    """LiC-format records from a Hugging Face dataset.
+
+    ``spec`` is ``NAME`` or ``NAME:SPLIT`` (default split ``train``, or the only one). NAME is a
+    folder written by ``Dataset.save_to_disk``, a local JSON/JSONL/Parquet file, or a hub id
+    (downloaded when online; offline it loads only from the ``datasets`` cache). Records of
+    families icpo-eval does not have (LiC's ``summary``, ``data2text``) are skipped with a
+    warning, so that LiC's full release can be named directly. As for LiC files, every shard
+    counts as required unless a record carries ``required_shards``.
+    """
+    name, split = _split_hf_spec(spec)
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        raise IcpoError("hf: task sources need the 'datasets' package") from None
+    try:
+        ds = _open_hf(name, split)
+    except IcpoError:
+        raise
+    except Exception as e:  # datasets raises many types: offline, not found, bad files
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise IcpoError(f"hf:{spec}: cannot load dataset ({type(e).__name__}: {first})") from None
+    known = set(family_names())
+    out: list[Instruction] = []
+    skipped: dict[str, int] = {}
+    for i, row in enumerate(ds):
+        rec = _hf_record(dict(row))
+        task = str(rec.get("task", ""))
+        if task and task not in known:
+            skipped[task] = skipped.get(task, 0) + 1
+            continue
+        out.append(Instruction.from_dict(rec, where=f"hf:{spec} record {i}"))
+    if skipped:
+        what = ", ".join(f"{n} {t}" for t, n in sorted(skipped.items()))
+        _log.warning("hf:%s: skipped records of families icpo-eval does not have (%s)", spec, what)
+    return out
+
+
 def load_source(source: str) -> list[Instruction]:
     source = source.strip()
+    if source.startswith("hf:"):
+        return load_hf(source[3:].strip())
     if source.startswith("lic:"):
         return load_lic(source[4:])
     if source.endswith((".jsonl", ".json")) or "/" in source:

@@ -401,7 +401,10 @@ def train(recipe: Recipe) -> Path:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     path = recipe.model_path
     if not Path(path).exists():
         raise IcpoError(f"model checkpoint not found: {path}")

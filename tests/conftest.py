@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,26 @@ def make_conversation(**fields: object) -> Conversation:
     )
     base.update(fields)
     return Conversation(**base)  # type: ignore[arg-type]
+
+
+def scripted_reply(messages: Messages) -> str:
+    """Ask while the user has given no number yet, then answer 8 (right for make_math's t1)."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    if len(users) == 1 and not any(ch.isdigit() for ch in users[0]):
+        return "How many apples does Tom start with?"
+    return "3 + 5 = 8.\nAnswer: 8"
+
+
+def make_scripted_run(tmp_path: Path) -> Path:
+    """A finished run (full and sharded) of two math tasks, t1 (answer 8) and t2 (answer 9),
+    made with :func:`scripted_reply`; returns the run directory."""
+    from icpo_eval.records import RunSpec
+    from icpo_eval.runner import run
+    from icpo_eval.tasksets import write_jsonl
+
+    tasks = tmp_path / "tasks.jsonl"
+    write_jsonl([make_math("t1", "8"), make_math("t2", "9")], tasks)
+    out = tmp_path / "run"
+    spec = RunSpec(model="scripted", tasks=str(tasks), modes=["full", "sharded"], out=str(out))
+    run(spec, backend=ScriptedBackend(scripted_reply), progress=False)
+    return out

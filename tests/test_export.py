@@ -7,35 +7,20 @@ import random
 
 import pandas as pd
 import pytest
-from conftest import ScriptedBackend, make_math
+from conftest import make_math, make_scripted_run
 from test_cli import assert_one_line_error, cli
 
 from icpo_eval.export import FORMATS, build_rows, export_run, load_export
 from icpo_eval.families import get_family
-from icpo_eval.records import Instruction, RunSpec, Shard
-from icpo_eval.runner import run
+from icpo_eval.records import Instruction, Shard
 from icpo_eval.store import load_run
 from icpo_eval.tasksets import write_jsonl
 from icpo_eval.verl_reward import compute_score
 
 
-def _reply(messages) -> str:
-    """Ask while the user has given no number yet, then answer 8 (right for t1, wrong for t2)."""
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    if len(users) == 1 and not any(ch.isdigit() for ch in users[0]):
-        return "How many apples does Tom start with?"
-    return "3 + 5 = 8.\nAnswer: 8"
-
-
 @pytest.fixture
 def run_dir(tmp_path):
-    tasks = tmp_path / "tasks.jsonl"
-    write_jsonl([make_math("t1", "8"), make_math("t2", "9")], tasks)
-    spec = RunSpec(
-        model="scripted", tasks=str(tasks), modes=["full", "sharded"], out=str(tmp_path / "run")
-    )
-    run(spec, backend=ScriptedBackend(_reply), progress=False)
-    return tmp_path / "run"
+    return make_scripted_run(tmp_path)
 
 
 def test_one_row_per_assistant_turn_with_the_prompt_the_model_saw(run_dir):

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_math
-from test_export import _reply
+from conftest import make_math, make_scripted_run
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.export import export_run
@@ -15,7 +14,6 @@ from icpo_eval.judges import RuleJudge
 from icpo_eval.records import RunSpec
 from icpo_eval.runner import run
 from icpo_eval.store import load_run
-from icpo_eval.tasksets import write_jsonl
 from icpo_eval.train import IcpoReward, Recipe, load_recipe, select_rows, step_stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,15 +161,8 @@ def test_select_rows_dedupes_balances_and_is_seeded():
 def test_two_training_steps_make_a_checkpoint_the_harness_runs(tmp_path):
     from icpo_eval.train import train
 
-    tasks = tmp_path / "tasks.jsonl"
-    write_jsonl([make_math("t1", "8"), make_math("t2", "9")], tasks)
-    spec = RunSpec(
-        model="scripted", tasks=str(tasks), modes=["full", "sharded"], out=str(tmp_path / "run")
-    )
-    from conftest import ScriptedBackend
-
-    run(spec, backend=ScriptedBackend(_reply), progress=False)
-    data, _ = export_run(tmp_path / "run", tmp_path / "export", "hf", augment=True)
+    run_dir = make_scripted_run(tmp_path)
+    data, _ = export_run(run_dir, tmp_path / "export", "hf", augment=True)
     recipe = load_recipe(ROOT / "train" / "smollm2-cpu.yaml")
     recipe.data = str(data)
     recipe.output_dir = str(tmp_path / "ckpt")
@@ -191,7 +182,11 @@ def test_two_training_steps_make_a_checkpoint_the_harness_runs(tmp_path):
 
     model = f"hf/{out}"
     spec = RunSpec(
-        model=model, tasks=str(tasks), modes=["full"], max_new_tokens=16, out=str(tmp_path / "eval")
+        model=model,
+        tasks=str(tmp_path / "tasks.jsonl"),
+        modes=["full"],
+        max_new_tokens=16,
+        out=str(tmp_path / "eval"),
     )
     run(spec, progress=False)
     _, convs = load_run(tmp_path / "eval")

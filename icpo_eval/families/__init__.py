@@ -120,4 +120,4 @@ def family_names() -> list[str]:
 
 def _load_builtin() -> None:
     # Imported lazily so that `import icpo_eval.families` has no import cycle.
-    from icpo_eval.families import math  # noqa: F401
+    from icpo_eval.families import actions, code, database, math, translation  # noqa: F401
