@@ -33,13 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="simulate, judge and store conversations")
-    r.add_argument("--model", required=True, help="local/smollm2 or hf/<checkpoint path>")
+    r.add_argument(
+        "--model",
+        required=True,
+        help="local/smollm2, hf/<checkpoint path> or a litellm provider/model "
+        "(openai/gpt-4o-mini, hosted_vllm/<id> with --api-base, ollama_chat/<id>, ...)",
+    )
     r.add_argument("--tasks", default="math", help="families, FILE.jsonl or lic:FILE (comma-sep)")
     r.add_argument("--modes", default="full,concat,sharded")
     r.add_argument("--runs", type=_positive_int, default=1, help="runs per instruction")
     r.add_argument("--limit", type=_positive_int, default=None, help="first K per task source")
-    r.add_argument("--simulator", default="rule")
-    r.add_argument("--judge", default="rule")
+    r.add_argument(
+        "--simulator", default="rule", help="rule, llm:MODEL or a profile name from simulators/"
+    )
+    r.add_argument("--judge", default="rule", help="rule or llm:MODEL")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--max-turns", type=_positive_int, default=8)
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -48,6 +55,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=_positive_int, default=16)
     r.add_argument("--out", default=None, help="run directory (default results/<model>)")
     r.add_argument("--no-progress", action="store_true")
+    api = r.add_argument_group("API models, LLM simulator and LLM judge (litellm)")
+    api.add_argument(
+        "--concurrency", type=_positive_int, default=8, help="API requests in flight (each role)"
+    )
+    api.add_argument(
+        "--api-base",
+        action="append",
+        default=[],
+        help="base URL of the model's server; repeat or comma-separate for replicas",
+    )
+    api.add_argument("--simulator-api-base", action="append", default=[])
+    api.add_argument("--judge-api-base", action="append", default=[])
+    api.add_argument("--no-cache", action="store_true", help="bypass the response cache")
+    api.add_argument("--timeout", type=float, default=120.0, help="seconds per API attempt")
+    api.add_argument("--max-attempts", type=_positive_int, default=6, help="tries per API call")
+    api.add_argument("--retry-wait", type=float, default=1.0, help="backoff unit (seconds)")
+    api.add_argument(
+        "--transport",
+        choices=["auto", "litellm", "direct"],
+        default="auto",
+        help="direct: OpenAI protocol over aiohttp, skipping litellm's per-call overhead "
+        "(auto: direct for hosted_vllm/ with --api-base, litellm otherwise)",
+    )
 
     lb = sub.add_parser("leaderboard", help="one CSV row per (model, family, mode)")
     lb.add_argument("results", nargs="*", default=["results"], help="run or results directories")
@@ -85,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _urls(values: list[str]) -> list[str]:
+    """--api-base values: repeated and/or comma-separated."""
+    return [u.strip() for v in values for u in v.split(",") if u.strip()]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from icpo_eval.records import RunSpec
     from icpo_eval.runner import run, summary_table
@@ -94,6 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise IcpoError(f"--temperature must be between 0 and 5, got {args.temperature}")
     if not 0.0 < args.top_p <= 1.0:
         raise IcpoError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.timeout <= 0 or args.retry_wait < 0:
+        raise IcpoError("--timeout must be above 0 and --retry-wait at least 0")
     out = args.out or str(Path("results") / args.model.replace("/", "__"))
     spec = RunSpec(
         model=args.model,
@@ -110,6 +147,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         out=out,
+        concurrency=args.concurrency,
+        api_base=_urls(args.api_base),
+        simulator_api_base=_urls(args.simulator_api_base),
+        judge_api_base=_urls(args.judge_api_base),
+        cache=not args.no_cache,
+        timeout=args.timeout,
+        max_attempts=args.max_attempts,
+        retry_wait=args.retry_wait,
+        transport=args.transport,
     )
     result = run(spec, progress=not args.no_progress)
     _, convs = load_run(out)

@@ -12,6 +12,15 @@ Modes (DESIGN.md, Modes):
 - ``sharded``: shard 1 first, then the simulator's turns. It stops at the first correct answer,
   or once every shard is revealed and the assistant has answered after that, and always after
   ``max_turns`` assistant turns.
+- ``recap``: a sharded conversation run to its end (same stop rules and cap), then one more user
+  turn restating every shard as a bullet list (as ``concat``) and one more assistant turn, which
+  decides the final score. The recap turn comes on top of the ``max_turns`` cap.
+- ``snowball``: as ``sharded``, but every user turn after the first restates all shards
+  revealed before it (bullet list, in shard order), then adds what the simulator says.
+
+An API call that fails for good (:class:`~icpo_eval.models.base.CallFailed`, or a generation
+carrying an ``error``) ends the conversation as failed: recorded with its error, left out of the
+scores, never scored 0.
 """
 
 from __future__ import annotations
@@ -21,9 +30,14 @@ from datetime import datetime, timezone
 from icpo_eval import __version__
 from icpo_eval.families import Family
 from icpo_eval.judges import TurnJudge, judge_reply
-from icpo_eval.models.base import Generation, Messages
+from icpo_eval.models.base import CallFailed, Generation, Messages
 from icpo_eval.records import Conversation, Instruction, Turn, derive_seed
-from icpo_eval.simulator import RuleSimulator, UserTurn
+from icpo_eval.simulator import Simulator, UserTurn
+
+#: Modes that reveal shards turn by turn (the simulator speaks, the stop rules apply).
+MULTI_TURN = ("sharded", "recap", "snowball")
+RECAP_INTRO = "To recap, here is everything about the task:"
+SNOWBALL_INTRO = "So far I told you:"
 
 
 def _now() -> str:
@@ -35,6 +49,20 @@ def concat_prompt(inst: Instruction) -> str:
     return "\n".join(f"- {s.shard}" for s in inst.shards)
 
 
+def recap_prompt(inst: Instruction) -> str:
+    """The recap turn: every shard restated (LiC's ``recap`` mode)."""
+    return f"{RECAP_INTRO}\n{concat_prompt(inst)}"
+
+
+def snowball_prompt(inst: Instruction, earlier: set[int], text: str) -> str:
+    """A snowball turn: the shards revealed before it, restated, then the new text."""
+    before = [s for s in inst.shards if s.shard_id in earlier]
+    if not before:
+        return text
+    bullets = "\n".join(f"- {s.shard}" for s in before)
+    return f"{SNOWBALL_INTRO}\n{bullets}\n\n{text}"
+
+
 class ConversationState:
     def __init__(
         self,
@@ -42,7 +70,7 @@ class ConversationState:
         family: Family,
         record: Conversation,
         system_prompt: str,
-        simulator: RuleSimulator,
+        simulator: Simulator,
         judge: TurnJudge,
         max_turns: int,
     ):
@@ -55,6 +83,7 @@ class ConversationState:
         self.max_turns = max(1, max_turns)
         self.revealed: set[int] = set()
         self.done = False
+        self.recapped = False
         record.started_at = record.started_at or _now()
         record.version = __version__
         mode = record.mode
@@ -63,7 +92,7 @@ class ConversationState:
             self._add_user(UserTurn(family.full_prompt(inst), all_ids, "full"))
         elif mode == "concat":
             self._add_user(UserTurn(concat_prompt(inst), all_ids, "concat"))
-        elif mode == "sharded":
+        elif mode in MULTI_TURN:
             self._add_user(simulator.first_turn(inst))
         else:
             raise ValueError(f"unknown mode {mode!r}")
@@ -83,6 +112,15 @@ class ConversationState:
 
     def observe(self, gen: Generation) -> None:
         """Record the assistant's reply, judge it, and either finish or add the next user turn."""
+        if gen.error is not None:
+            self.fail(gen.error)
+            return
+        try:
+            self._observe(gen)
+        except CallFailed as e:  # the LLM judge or simulator gave up: this conversation fails
+            self.fail(str(e))
+
+    def _observe(self, gen: Generation) -> None:
         history = self.messages()
         fully = self.inst.required_ids <= self.revealed
         v = judge_reply(self.inst, self.family, self.judge, gen.text, history, fully, gen.truncated)
@@ -97,7 +135,7 @@ class ConversationState:
             detail=v.detail,
             reward=v.reward,
             truncated=gen.truncated,
-            judge=self.judge.name,
+            judge=v.judge or self.judge.name,
             latency_s=gen.latency_s,
             tokens_in=gen.tokens_in,
             tokens_out=gen.tokens_out,
@@ -105,10 +143,19 @@ class ConversationState:
         )
         self.record.turns.append(turn)
         if self._should_stop(turn):
+            if self.record.mode == "recap" and not self.recapped:
+                self.recapped = True
+                all_ids = [s.shard_id for s in self.inst.shards]
+                self._add_user(UserTurn(recap_prompt(self.inst), all_ids, "recap"))
+                return
             self._finish()
             return
         asked = v.category in ("clarification", "interrogation")
-        self._add_user(self.simulator.next_turn(self.inst, self.revealed, gen.text, asked))
+        seed = derive_seed(self.record.seed, len(self.record.turns), "user")
+        ut = self.simulator.next_turn(self.inst, self.revealed, gen.text, asked, seed=seed)
+        if self.record.mode == "snowball":
+            ut = UserTurn(snowball_prompt(self.inst, self.revealed, ut.text), ut.shard_ids, ut.note)
+        self._add_user(ut)
 
     def fail(self, error: str) -> None:
         self.record.error = error
@@ -116,7 +163,7 @@ class ConversationState:
 
     # -- internals ------------------------------------------------------------------------
     def _should_stop(self, turn: Turn) -> bool:
-        if self.record.mode != "sharded":
+        if self.record.mode not in MULTI_TURN or self.recapped:
             return True
         if len(self.record.assistant_turns) >= self.max_turns:
             return True

@@ -40,11 +40,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, get_family
-from icpo_eval.records import NON_ANSWERS, Instruction
+from icpo_eval.records import CATEGORIES, NON_ANSWERS, Instruction
+
+if TYPE_CHECKING:
+    from icpo_eval.models.api import ApiSettings
 
 Messages = list[dict[str, str]]
 
@@ -247,10 +250,89 @@ class RuleJudge:
         return category
 
 
-def get_judge(name: str) -> TurnJudge:
+class LLMJudge:
+    """``llm:<model>``: the taxonomy asked of an LLM (``prompts/judge_llm.j2``, JSON output).
+
+    Greedy and sample 0, so the same reply in the same context always gets the same call (and
+    the cache answers repeats). An answer that is not one of the seven categories is retried
+    with another sample, then the rule judge decides and the turn's ``judge`` says so. An empty
+    reply is ``missing`` without a call. :class:`~icpo_eval.models.base.CallFailed` (the API gave
+    up) propagates: the conversation fails rather than silently changing judge.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        api: ApiSettings | None = None,
+        template: str = "judge_llm.j2",
+        retries: int = 2,
+        max_tokens: int = 100,
+    ):
+        from icpo_eval.models.api import ApiClient
+
+        self.model = model
+        self.name = f"llm:{model}"
+        self.template = template
+        self.retries = max(0, retries)
+        self.max_tokens = max_tokens
+        self.client = ApiClient(model, api)
+        self.rule = RuleJudge()
+
+    def classify(self, inst: Instruction, response: str, history: Messages) -> str:
+        return self.classify_with_source(inst, response, history)[0]
+
+    def classify_with_source(
+        self, inst: Instruction, response: str, history: Messages
+    ) -> tuple[str, str]:
+        """(category, which judge decided it)."""
+        from icpo_eval.models.base import GenParams
+        from icpo_eval.prompting import render_prompt
+
+        if not (response or "").strip():
+            return "missing", self.name
+        prompt = render_prompt(self.template, history=history, response=response)
+        messages = [{"role": "user", "content": prompt}]
+        params = GenParams(0.0, 1.0, self.max_tokens)
+        for attempt in range(self.retries + 1):
+            gen = self.client.complete(messages, params, "judge", attempt)
+            category = parse_judge_reply(gen.text)
+            if category is not None:
+                return category, self.name
+        return self.rule.classify(inst, response, history), f"rule (fallback from {self.name})"
+
+
+def parse_judge_reply(text: str) -> str | None:
+    """The category of a judge's JSON reply, or None when it names none of the seven."""
+    from icpo_eval.simulator import _json_object
+
+    obj = _json_object(text or "")
+    category = obj.get("category") if isinstance(obj, dict) else None
+    if isinstance(category, str) and category.strip().lower() in CATEGORIES:
+        return category.strip().lower()
+    return None
+
+
+def get_judge(name: str, api: ApiSettings | None = None) -> TurnJudge:
+    """``rule`` or ``llm:<model>`` (``api``: how the LLM judge's calls travel)."""
     if name == "rule":
         return RuleJudge()
-    raise IcpoError(f"unknown judge {name!r} (available offline: rule)")
+    if name.startswith("llm:") and len(name) > 4:
+        return LLMJudge(name[4:], api)
+    raise IcpoError(f"unknown judge {name!r} (use rule or llm:MODEL)")
+
+
+def agreement(a: list[str], b: list[str]) -> dict[str, float | int]:
+    """How often two judges agree: 7-class and answer-vs-non-answer (the ICPO distinction)."""
+    if len(a) != len(b):
+        raise ValueError("agreement needs two label lists of one length")
+    n = len(a)
+    same = sum(x == y for x, y in zip(a, b))
+    binary = sum((x == "answer_attempt") == (y == "answer_attempt") for x, y in zip(a, b))
+    return {
+        "n": n,
+        "agreement_7class": same / n if n else float("nan"),
+        "agreement_answer_vs_not": binary / n if n else float("nan"),
+    }
 
 
 @dataclass(frozen=True)
@@ -262,6 +344,7 @@ class Verdict:
     score: float | None  # evaluator's score (answer attempts only)
     detail: dict[str, Any] | None  # evaluator's details (answer attempts only)
     reward: float  # ICPO reward
+    judge: str | None = None  # which judge decided the category (None: the one asked)
 
 
 def judge_reply(
@@ -278,13 +361,17 @@ def judge_reply(
     The conversation loop and the ICPO trainer's reward function both call this, so that the
     reward a policy is trained on is exactly the one the harness measures.
     """
-    category = judge.classify(inst, response, history)
+    decided_by = None
+    if hasattr(judge, "classify_with_source"):  # an LLM judge may fall back to the rule judge
+        category, decided_by = judge.classify_with_source(inst, response, history)
+    else:
+        category = judge.classify(inst, response, history)
     answer = score = detail = None
     if category == "answer_attempt":
         answer = family.extract(inst, response)
         score, detail = family.grade(inst, answer)
     reward = icpo_reward(fully_specified, category, score, truncated)
-    return Verdict(category, answer, score, detail, reward)
+    return Verdict(category, answer, score, detail, reward, decided_by)
 
 
 def icpo_reward(

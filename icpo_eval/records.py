@@ -33,7 +33,7 @@ NON_ANSWERS: frozenset[str] = frozenset(
     {"clarification", "interrogation", "discussion", "hedge", "refuse"}
 )
 
-MODES: tuple[str, ...] = ("full", "concat", "sharded")
+MODES: tuple[str, ...] = ("full", "concat", "sharded", "recap", "snowball")
 
 
 @dataclass
@@ -205,6 +205,18 @@ class RunSpec:
     batch_size: int = 16
     out: str = ""
     version: str = ""
+    # How API calls travel (models/api.py). None of these changes a reply, so none is an
+    # identity field: a run may be resumed against another replica, with more concurrency or
+    # without the cache. The simulator and the judge (above) are identity fields.
+    concurrency: int = 8
+    api_base: list[str] = field(default_factory=list)
+    simulator_api_base: list[str] = field(default_factory=list)
+    judge_api_base: list[str] = field(default_factory=list)
+    cache: bool = True
+    timeout: float = 120.0
+    max_attempts: int = 6
+    retry_wait: float = 1.0
+    transport: str = "auto"
 
     #: Fields that change what gets generated. A resume with a different value is refused.
     IDENTITY_FIELDS = (

@@ -8,6 +8,11 @@ Two schedules, one result:
 - any other backend gets rounds: every live conversation advances one turn per round, in
   batches of ``batch_size``.
 
+API models (:mod:`icpo_eval.models.api`) stream too: every conversation advances on its own,
+at most ``--concurrency`` requests in flight, and the callback (judging, the simulator, the
+store) runs in worker threads, so an LLM judge or simulator waiting on its own call holds up no
+other conversation; ``finished`` is therefore guarded by a lock.
+
 Either way a conversation is written to the store the moment it finishes, so a crash loses at
 most the conversations in flight, and a re-run skips every conversation already on disk.
 """
@@ -15,11 +20,12 @@ most the conversations in flight, and a re-run skips every conversation already 
 from __future__ import annotations
 
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from icpo_eval import __version__
 from icpo_eval.conversation import ConversationState
@@ -39,6 +45,9 @@ from icpo_eval.records import (
 )
 from icpo_eval.simulator import get_simulator
 from icpo_eval.store import RunStore
+
+if TYPE_CHECKING:
+    from icpo_eval.models.api import ApiSettings
 from icpo_eval.tasksets import load_tasks
 
 
@@ -70,13 +79,30 @@ def plan(spec: RunSpec) -> list[tuple[str, Instruction, str, int]]:
     ]
 
 
+def api_settings(spec: RunSpec, bases: list[str]) -> ApiSettings:
+    """How the API calls of one role (model, simulator or judge) travel."""
+    from icpo_eval.models.api import ApiSettings
+
+    return ApiSettings(
+        api_bases=list(bases),
+        concurrency=spec.concurrency,
+        cache=spec.cache,
+        timeout=spec.timeout,
+        max_attempts=spec.max_attempts,
+        retry_wait=spec.retry_wait,
+        transport=spec.transport,
+    )
+
+
 def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) -> RunResult:
     """Run (or resume) every conversation of ``spec``; returns what this call wrote."""
     spec.version = __version__
     if backend is None:
         check_model_name(spec.model)  # fail fast, before tasks are read
-    simulator = get_simulator(spec.simulator)
-    judge = get_judge(spec.judge)
+    if spec.concurrency < 1:
+        raise IcpoError("--concurrency must be at least 1")
+    simulator = get_simulator(spec.simulator, api_settings(spec, spec.simulator_api_base))
+    judge = get_judge(spec.judge, api_settings(spec, spec.judge_api_base))
     todo = plan(spec)
     store, done = RunStore.open(spec.out, spec)
     result = RunResult(out=Path(spec.out))
@@ -114,15 +140,20 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
         store.close()
         return result
     if backend is None:
-        backend = load_backend(spec.model, batch_size=spec.batch_size)
+        from icpo_eval.models import is_api_model
+
+        api = api_settings(spec, spec.api_base) if is_api_model(spec.model) else None
+        backend = load_backend(spec.model, batch_size=spec.batch_size, api=api)
     params = GenParams(spec.temperature, spec.top_p, spec.max_new_tokens)
     bar = _progress(len(states), progress)
+    lock = threading.Lock()
 
     def finished(s: ConversationState) -> None:
         store.append(s.record)
-        result.written += 1
-        result.conversations.append(s.record)
-        bar.update(1)
+        with lock:
+            result.written += 1
+            result.conversations.append(s.record)
+            bar.update(1)
 
     try:
         if isinstance(backend, StreamingBackend):
@@ -189,13 +220,13 @@ def summary_table(convs: list[Conversation]) -> str:
     for c in convs:
         groups[(c.family, c.mode)].append(c)
     lines = [
-        f"{'family':<10} {'mode':<8} {'convs':>5} {'P':>6} {'A90':>6} {'U90-10':>6} "
-        f"{'premature':>9} {'overclar':>8}"
+        f"{'family':<10} {'mode':<8} {'convs':>5} {'failed':>6} {'P':>6} {'A90':>6} "
+        f"{'U90-10':>6} {'premature':>9} {'overclar':>8}"
     ]
     for (family, mode), group in sorted(groups.items()):
         r = summary_row(group)
         lines.append(
-            f"{family:<10} {mode:<8} {r['n_conversations']:>5} {_f(r['P']):>6} "
+            f"{family:<10} {mode:<8} {r['n_conversations']:>5} {r['failed']:>6} {_f(r['P']):>6} "
             f"{_f(r['A90']):>6} {_f(r['U90_10']):>6} {_pct(r['premature_answer_rate']):>9} "
             f"{_pct(r['over_clarification_rate']):>8}"
         )

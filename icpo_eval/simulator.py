@@ -12,16 +12,31 @@ The ``rule`` simulator (the offline default) is deterministic:
 - when every shard is out and the assistant still has not answered, it says so and asks for an
   answer.
 
+The ``llm`` simulator (:class:`LLMSimulator`, ``--simulator llm:MODEL`` or a profile in
+``simulators/``) is the lazy user of Lost-in-Conversation: one shard per turn, rephrased, never a
+question, answering JSON ``{"response", "shard_id"}`` from ``prompts/simulator_llm.j2``. The shard
+id is validated (an id that is not among the unrevealed shards, or unreadable JSON, is retried
+with another sample); after ``retries`` bad answers the rule simulator speaks instead and the
+turn's note says so (``rule_fallback: <why>/<rule note>``). Its first turn is shard 1 verbatim,
+and once every shard is out it says so like the rule simulator: no call is needed for either.
+
 Stop conditions are not the simulator's business: the conversation loop decides them.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from icpo_eval.errors import IcpoError
-from icpo_eval.records import Instruction, Shard
+from icpo_eval.paths import SIMULATORS_DIR
+from icpo_eval.records import Instruction, Shard, derive_seed
+
+if TYPE_CHECKING:
+    from icpo_eval.models.api import ApiSettings
 
 NO_MORE_SHARDS = "That is all the information I have. Please give me your best answer."
 DONT_KNOW = "I don't know."
@@ -75,8 +90,14 @@ class RuleSimulator:
         return UserTurn(first.shard, [first.shard_id], "next")
 
     def next_turn(
-        self, inst: Instruction, revealed: set[int], assistant_text: str, asked_question: bool
+        self,
+        inst: Instruction,
+        revealed: set[int],
+        assistant_text: str,
+        asked_question: bool,
+        seed: int = 0,
     ) -> UserTurn:
+        """``seed`` is unused here (the rule simulator is deterministic)."""
         hidden = [s for s in inst.shards if s.shard_id not in revealed]
         if not hidden:
             return UserTurn(NO_MORE_SHARDS, [], "no_more_shards")
@@ -107,7 +128,163 @@ class RuleSimulator:
         return best
 
 
-def get_simulator(name: str) -> RuleSimulator:
+class Simulator(Protocol):
+    name: str
+
+    def first_turn(self, inst: Instruction) -> UserTurn: ...
+
+    def next_turn(
+        self,
+        inst: Instruction,
+        revealed: set[int],
+        assistant_text: str,
+        asked_question: bool,
+        seed: int = 0,
+    ) -> UserTurn: ...
+
+
+class LLMSimulator:
+    """The lazy user, played by an LLM behind an API (see module doc)."""
+
+    def __init__(
+        self,
+        model: str,
+        api: ApiSettings | None = None,
+        name: str | None = None,
+        temperature: float = 0.0,
+        max_tokens: int = 300,
+        template: str = "simulator_llm.j2",
+        retries: int = 2,
+    ):
+        from icpo_eval.models.api import ApiClient
+
+        self.model = model
+        self.name = name or f"llm:{model}"
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.template = template
+        self.retries = max(0, retries)
+        self.client = ApiClient(model, api)
+        self.rule = RuleSimulator()
+
+    def first_turn(self, inst: Instruction) -> UserTurn:
+        return self.rule.first_turn(inst)
+
+    def next_turn(
+        self,
+        inst: Instruction,
+        revealed: set[int],
+        assistant_text: str,
+        asked_question: bool,
+        seed: int = 0,
+    ) -> UserTurn:
+        from icpo_eval.models.base import GenParams
+        from icpo_eval.prompting import render_prompt
+
+        hidden = [s for s in inst.shards if s.shard_id not in revealed]
+        if not hidden:
+            return self.rule.next_turn(inst, revealed, assistant_text, asked_question)
+        prompt = render_prompt(
+            self.template,
+            question=inst.fields.get("question") or "\n".join(s.shard for s in inst.shards),
+            revealed=[s for s in inst.shards if s.shard_id in revealed],
+            hidden_json=json.dumps(
+                [{"shard_id": s.shard_id, "shard": s.shard} for s in hidden], ensure_ascii=False
+            ),
+            assistant_text=assistant_text,
+            asked_question=asked_question,
+        )
+        messages = [{"role": "user", "content": prompt}]
+        params = GenParams(self.temperature, 1.0, self.max_tokens)
+        valid = {s.shard_id for s in hidden}
+        why = ""
+        for attempt in range(self.retries + 1):
+            # Each retry is another sample (another cache key): the same request would only
+            # return the same bad answer. CallFailed (the API gave up) propagates: the
+            # conversation fails rather than silently changing simulator.
+            gen = self.client.complete(messages, params, "simulator", derive_seed(seed, attempt))
+            parsed, why = parse_simulator_reply(gen.text, valid)
+            if parsed is not None:
+                return UserTurn(parsed[0], [parsed[1]], "llm")
+        ut = self.rule.next_turn(inst, revealed, assistant_text, asked_question)
+        return UserTurn(ut.text, ut.shard_ids, f"rule_fallback: {why}/{ut.note}")
+
+
+def _json_object(text: str) -> Any:
+    """The first JSON object in ``text`` (code fences and chatter around it are ignored)."""
+    start = text.find("{")
+    while start != -1:
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(text[start:])
+            return obj
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+    return None
+
+
+def parse_simulator_reply(text: str, valid_ids: set[int]) -> tuple[tuple[str, int] | None, str]:
+    """((response, shard_id), "") for a valid reply, else (None, why it is not)."""
+    obj = _json_object(text)
+    if not isinstance(obj, dict):
+        return None, "no JSON object"
+    response, sid = obj.get("response"), obj.get("shard_id")
+    if not isinstance(response, str) or not response.strip():
+        return None, "empty response"
+    try:
+        sid = int(sid)
+    except (TypeError, ValueError):
+        return None, f"bad shard_id {sid!r}"
+    if sid not in valid_ids:
+        return None, f"shard_id {sid} not unrevealed"
+    return (response.strip(), sid), ""
+
+
+def load_profile(name: str) -> dict[str, Any] | None:
+    """``simulators/<name>.yaml`` (or a path to a YAML file); None if there is none."""
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml") or not path.exists():
+        path = SIMULATORS_DIR / f"{name}.yaml"
+    if not path.exists():
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise IcpoError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise IcpoError(f"{path}: a simulator profile is a YAML mapping")
+    return data
+
+
+def get_simulator(name: str, api: ApiSettings | None = None) -> Simulator:
+    """``rule``, ``llm:MODEL``, or the name of a profile in ``simulators/`` (or a YAML path).
+
+    ``api`` says how the LLM simulator's calls travel (api base, concurrency, cache, retries).
+    """
     if name == "rule":
         return RuleSimulator()
-    raise IcpoError(f"unknown simulator {name!r} (available offline: rule)")
+    if name.startswith("llm:") and len(name) > 4:
+        return LLMSimulator(name[4:], api)
+    profile = load_profile(name)
+    if profile is None:
+        known = sorted(p.stem for p in SIMULATORS_DIR.glob("*.yaml"))
+        raise IcpoError(
+            f"unknown simulator {name!r} (use rule, llm:MODEL or a profile: {', '.join(known)})"
+        )
+    strategy = profile.get("strategy", "rule")
+    if strategy == "rule":
+        return RuleSimulator()
+    if strategy != "llm":
+        raise IcpoError(f"simulator profile {name!r}: unknown strategy {strategy!r}")
+    if not profile.get("model"):
+        raise IcpoError(f"simulator profile {name!r}: strategy llm needs a model")
+    return LLMSimulator(
+        str(profile["model"]),
+        api,
+        name=str(profile.get("name") or name),
+        temperature=float(profile.get("temperature", 0.0)),
+        max_tokens=int(profile.get("max_tokens", 300)),
+        template=str(profile.get("template", "simulator_llm.j2")),
+        retries=int(profile.get("retries", 2)),
+    )

@@ -27,6 +27,17 @@ class Generation:
     truncated: bool = False
     latency_s: float | None = None
     cost: float | None = None
+    #: Set when the request finally failed (retries exhausted): the conversation is recorded
+    #: as failed with this message and left out of the scores. ``text`` is then empty.
+    error: str | None = None
+
+
+class CallFailed(Exception):
+    """An API call that failed for good (retries exhausted or a non-retryable error).
+
+    Raised by API clients to the simulator and the judge; the conversation loop turns it into a
+    failed conversation, and the other conversations go on.
+    """
 
 
 class Backend(Protocol):
