@@ -274,6 +274,12 @@ def select_rows(
 # --------------------------------------------------------------------------------------------
 
 
+def prompt_tokens(tok: Any, messages: list[dict[str, str]]) -> int:
+    """Length in tokens of a chat prompt as the policy sees it (template and generation cue)."""
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
 def _trl() -> Any:
     try:
         import trl
@@ -412,10 +418,7 @@ def train(recipe: Recipe) -> Path:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
 
-    def count_tokens(messages: list[dict[str, str]]) -> int:
-        return len(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-
-    picked = select_rows(rows, recipe, count_tokens)
+    picked = select_rows(rows, recipe, lambda messages: prompt_tokens(tok, messages))
     n_under = sum(not r["fully_specified"] for r in picked)
     print(
         f"training prompts: {len(picked)} ({len(picked) - n_under} fully specified, "

@@ -170,6 +170,19 @@ def test_two_training_steps_make_a_checkpoint_the_harness_runs(tmp_path):
     recipe.num_generations = 2
     recipe.per_device_train_batch_size = 4
     recipe.max_completion_length = 16
+    # A limit between the shortest and the longest prompt must drop some prompts, not all.
+    from transformers import AutoTokenizer
+
+    from icpo_eval.export import load_export
+    from icpo_eval.models.local import smollm2_checkpoint
+    from icpo_eval.train import prompt_tokens
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_checkpoint()))
+    lengths = sorted({prompt_tokens(tok, r["prompt"]) for r in load_export(data)})
+    assert len(lengths) > 2 and lengths[0] > 50  # the system prompt alone is ~80 tokens
+    recipe.max_prompt_tokens = lengths[len(lengths) // 2]
+    recipe.underspecified_share = None
+    unique = len({json.dumps([r["prompt"], r["fully_specified"]]) for r in load_export(data)})
     out = train(recipe)
 
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
@@ -179,6 +192,7 @@ def test_two_training_steps_make_a_checkpoint_the_harness_runs(tmp_path):
         assert "entropy" in e and ("icpo/reward_fully" in e or "icpo/reward_under" in e)
     summary = json.loads((out / "icpo_train.json").read_text())
     assert summary["steps"] == 2 and summary["recipe"]["loss_type"] == "dapo"
+    assert 0 < summary["prompts"] < unique
 
     model = f"hf/{out}"
     spec = RunSpec(
