@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -201,3 +201,68 @@ def summary_row(convs: list[Conversation]) -> dict[str, float | int | None]:
     row["mean_first_answer_turn"] = mean_first_answer_turn(ok)["mean"]
     row["mean_reward"] = mean_icpo_reward(ok)["all"]
     return row
+
+
+def non_answer_rate(convs: Iterable[Conversation]) -> float | None:
+    """Share of underspecified assistant turns that do not commit to an answer (what ICPO
+    raises). Not 1 − premature-answer rate: an empty reply (``missing``) is neither."""
+    turns = [t for c in scored(convs) for t in c.assistant_turns if t.fully_specified is False]
+    if not turns:
+        return None
+    return sum(t.category in NON_ANSWERS for t in turns) / len(turns)
+
+
+Statistic = Callable[[list[Conversation]], "float | None"]
+
+
+def bootstrap_ci(
+    groups: list[list[Conversation]],
+    statistic: Statistic,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, tuple[float | None, float | None, float | None]]:
+    """Point estimates and percentile-bootstrap intervals of ``statistic`` on several groups of
+    conversations of the same instructions (e.g. a base and a trained model), and of each
+    group's difference from the first.
+
+    Instructions are resampled with replacement, all of an instruction's conversations (its runs
+    and turns) moving together, because they are not independent; the same resample is used for
+    every group, so the interval of a difference is a paired one. Returns ``{"0": (point, lo,
+    hi), "1": ..., "1-0": ...}``; None where the statistic is undefined.
+    """
+    by_task: list[dict[str, list[Conversation]]] = []
+    for g in groups:
+        d: dict[str, list[Conversation]] = defaultdict(list)
+        for c in g:
+            d[c.task_id].append(c)
+        by_task.append(d)
+    tasks = sorted(set().union(*[set(d) for d in by_task]))
+    rng = np.random.default_rng(seed)
+
+    def stat(i: int, sample: Iterable[str]) -> float | None:
+        return statistic([c for t in sample for c in by_task[i].get(t, [])])
+
+    points = [stat(i, tasks) for i in range(len(groups))]
+    draws: list[list[float | None]] = [[] for _ in groups]
+    for _ in range(n_boot):
+        sample = [tasks[j] for j in rng.integers(0, len(tasks), len(tasks))]
+        for i in range(len(groups)):
+            draws[i].append(stat(i, sample))
+    alpha = (1 - level) / 2
+
+    def interval(values: list[float | None]) -> tuple[float | None, float | None]:
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return None, None
+        return float(np.quantile(vals, alpha)), float(np.quantile(vals, 1 - alpha))
+
+    out: dict[str, tuple[float | None, float | None, float | None]] = {}
+    for i in range(len(groups)):
+        out[str(i)] = (points[i], *interval(draws[i]))
+        if i == 0:
+            continue
+        diffs = [None if a is None or b is None else b - a for a, b in zip(draws[0], draws[i])]
+        p0, pi = points[0], points[i]
+        out[f"{i}-0"] = (None if p0 is None or pi is None else pi - p0, *interval(diffs))
+    return out

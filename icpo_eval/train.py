@@ -71,6 +71,8 @@ class Recipe:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     max_steps: int = 100
+    #: Wall-clock budget: training stops after the step that crosses it (None: no budget).
+    max_minutes: float | None = None
     loss_type: str = "dapo"
     epsilon: float = 0.2  # lower clip
     epsilon_high: float | None = None  # upper clip (DAPO's clip-higher); None = epsilon
@@ -114,6 +116,12 @@ class Recipe:
             raise IcpoError("underspecified_share must be between 0 and 1 (exclusive) or null")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise IcpoError(f"scale_rewards {self.scale_rewards!r}: group, batch or none")
+        if self.max_minutes is not None and (
+            not isinstance(self.max_minutes, (int, float)) or self.max_minutes <= 0
+        ):
+            raise IcpoError(
+                f"max_minutes must be a positive number or null, got {self.max_minutes!r}"
+            )
         bad = [s for s in self.sources if s not in ("run", "augment")]
         if bad or not self.sources:
             raise IcpoError(f"sources must be a non-empty subset of [run, augment], got {bad}")
@@ -346,13 +354,14 @@ def grpo_config(recipe: Recipe, use_cpu: bool) -> Any:
     )
 
 
-def _callback(reward: IcpoReward, log_path: Path) -> Any:
+def _callback(reward: IcpoReward, log_path: Path, max_minutes: float | None) -> Any:
     from transformers import TrainerCallback
 
     class IcpoLog(TrainerCallback):
         """Step wall time, the reward's share of it, and one JSON line per log event."""
 
         def __init__(self) -> None:
+            self.train_start = time.perf_counter()
             self.step_start = 0.0
             self.step_seconds: list[float] = []
             self.reward_seconds: list[float] = []
@@ -364,6 +373,11 @@ def _callback(reward: IcpoReward, log_path: Path) -> Any:
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
             self.step_seconds.append(time.perf_counter() - self.step_start)
             self.reward_seconds.append(reward.seconds)
+            if (
+                max_minutes is not None
+                and time.perf_counter() - self.train_start > max_minutes * 60
+            ):
+                control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
             if not logs or "train_runtime" in logs:
@@ -445,7 +459,7 @@ def train(recipe: Recipe) -> Path:
         args=grpo_config(recipe, use_cpu),
         train_dataset=dataset,
         processing_class=tok,
-        callbacks=[_callback(reward, log_path)],
+        callbacks=[_callback(reward, log_path, recipe.max_minutes)],
     )
     trainer.remove_callback(PrinterCallback)  # our callback prints one line per step instead
     start = time.perf_counter()

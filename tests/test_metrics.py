@@ -1,10 +1,12 @@
 import pytest
 
 from icpo_eval.metrics import (
+    bootstrap_ci,
     degradation,
     degradations,
     mean_first_answer_turn,
     mean_icpo_reward,
+    non_answer_rate,
     non_answer_share_by_progress,
     over_clarification_rate,
     pass_hat_k,
@@ -270,3 +272,30 @@ def test_progress_uses_the_recorded_shard_count():
     c = conv("A", 1.0, turns)
     c.n_shards = 4
     assert non_answer_share_by_progress([c]) == [None, 1.0, 0.0, None, None]
+
+
+def test_non_answer_rate_counts_non_answers_among_underspecified_turns():
+    c = conv("A", 0.0, [a("clarification", False), a("missing", False), a("answer_attempt", False)])
+    d = conv("B", 1.0, [a("hedge", False), a("discussion", True), a("answer_attempt", True)])
+    assert non_answer_rate([c, d]) == pytest.approx(2 / 4)  # missing is not a non-answer
+    assert premature_answer_rate([c, d]) == pytest.approx(1 / 4)
+    assert non_answer_rate([conv("C", 1.0, [a("answer_attempt", True)])]) is None
+
+
+def test_bootstrap_ci_resamples_instructions_and_pairs_the_difference():
+    # Base never asks; the trained model asks on every underspecified turn of instructions
+    # 0..9 and never on 10..19. The paired difference is 0.5 and its interval covers it.
+    base = [conv(f"t{i}", 0.0, [a("answer_attempt", False)] * 2) for i in range(20)]
+    asks = [
+        conv(f"t{i}", 0.0, [a("clarification" if i < 10 else "answer_attempt", False)] * 2)
+        for i in range(20)
+    ]
+    ci = bootstrap_ci([base, asks], non_answer_rate, n_boot=400, seed=1)
+    assert ci["0"] == (0.0, 0.0, 0.0)
+    point, lo, hi = ci["1"]
+    assert point == 0.5 and 0.2 < lo < 0.5 < hi < 0.8
+    assert ci["1-0"][0] == 0.5 and ci["1-0"][1] == pytest.approx(lo) and ci["1-0"][2] == hi
+    # Same seed, same interval; a statistic undefined everywhere gives None.
+    assert bootstrap_ci([base, asks], non_answer_rate, n_boot=400, seed=1) == ci
+    none = bootstrap_ci([[conv("x", 1.0, [a("answer_attempt", True)])]], non_answer_rate, 50)
+    assert none["0"] == (None, None, None)

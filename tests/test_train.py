@@ -119,6 +119,8 @@ def test_paper_recipe_says_what_the_paper_did():
         ("bogus_key: 1\n", ["unknown recipe key", "bogus_key"]),
         ("learning_rate: fast\n", ["learning_rate", "float"]),
         ("loss_type: ppo\n", ["loss_type"]),
+        ("max_minutes: soon\n", ["max_minutes"]),
+        ("max_minutes: 0\n", ["max_minutes"]),
         ("num_generations: 3\nper_device_train_batch_size: 8\n", ["multiple of num_generations"]),
         ("- a list\n", ["mapping"]),
         ("model: [\n", ["YAML"]),
