@@ -11,10 +11,10 @@ from conftest import make_math, make_scripted_run
 from test_cli import assert_one_line_error, cli
 
 from icpo_eval.export import FORMATS, build_rows, export_run, load_export
-from icpo_eval.families import get_family
+from icpo_eval.families import Family, get_family
 from icpo_eval.records import Instruction, Shard
 from icpo_eval.store import load_run
-from icpo_eval.tasksets import write_jsonl
+from icpo_eval.tasksets import load_tasks, write_jsonl
 from icpo_eval.verl_reward import compute_score
 
 
@@ -84,7 +84,7 @@ def test_augment_adds_full_and_underspecified_prompts(run_dir):
         assert not row["fully_specified"] and row["response"] is None
         removed = row["removed_shards"]
         removed_sets.append(len(removed))
-        assert set(removed) <= {2, 3}  # required, and never shard 1 (the intent)
+        assert 2 in removed and set(removed) <= {2, 3}  # the start; never shard 1 (the intent)
         text = row["prompt"][-1]["content"]
         assert inst.shards[0].shard in text
         for s in inst.shards[1:]:
@@ -95,15 +95,27 @@ def test_augment_adds_full_and_underspecified_prompts(run_dir):
     assert again == rows
 
 
-def test_variants_of_lic_records_and_single_shard_tasks():
-    family = get_family("math")
-    lic = Instruction("x", "math", [Shard(i, f"Shard {i}.") for i in range(1, 5)], None, {})
+def test_generic_variants_of_lic_records_and_single_shard_tasks():
+    family = Family()  # the default every family without its own rule uses
+    lic = Instruction("x", "code", [Shard(i, f"Shard {i}.") for i in range(1, 5)], None, {})
     variants = family.underspecified_variants(lic, random.Random(0), n=5)
-    assert len(variants) == 5
+    assert len(variants) == 5 and len({tuple(r) for _, r in variants}) == 5
+    assert {len(r) for _, r in variants} == {1, 2}
     for text, removed in variants:
         assert 1 not in removed and 1 <= len(removed) <= 2 and text.startswith("Shard 1.")
-    one = Instruction("y", "math", [Shard(1, "Only shard.")], None, {})
+    one = Instruction("y", "code", [Shard(1, "Only shard.")], None, {})
     assert family.underspecified_variants(one, random.Random(0)) == []
+
+
+def test_math_variants_always_remove_the_starting_quantity():
+    math = get_family("math")
+    for inst in load_tasks("math", limit=60):
+        start = min(inst.required_ids - {1})
+        variants = math.underspecified_variants(inst, random.Random(0))
+        assert variants and all(start in removed for _, removed in variants)
+        assert variants[0][1] == [start]
+        text = variants[0][0]
+        assert inst.shard(start).shard not in text and text.startswith(inst.shards[0].shard)
 
 
 def test_cli_export_and_its_errors(run_dir, tmp_path):

@@ -695,6 +695,31 @@ class MathFamily(Family):
         plan = _level_plan(n, DEFAULT_LEVEL_MIX if mix is None else mix, rng)
         return [make_problem(rng, lvl, f"math-gen-{seed}-{i:04d}") for i, lvl in enumerate(plan)]
 
+    def underspecified_variants(
+        self, inst: Instruction, rng: random.Random, n: int = 2
+    ) -> list[tuple[str, list[int]]]:
+        """Math q*: the starting quantity is always among the removed shards.
+
+        A story without its later additions still reads complete ("How many cookies does Ana
+        have now? Ana bakes 4 cookies." has the answer 4), so no reader can tell that it is
+        underspecified, and rewarding non-answers on such prompts teaches a policy never to
+        answer: with those variants (and the sharded turns of a run), 39 steps of the 30-minute
+        recipe took the non-answer rate on fully specified prompts from 38% to 88%. Without
+        its first quantity a story visibly lacks a number ("How many cookies does Ana have now?
+        Lena brings her 3 more cookies."). The first variant removes that shard alone, the
+        others remove it with one more required shard.
+        """
+        removable = sorted(inst.required_ids - {inst.shards[0].shard_id})
+        if not removable:
+            return []
+        start, rest = removable[0], removable[1:]
+        removals = [[start]] + [[start, other] for other in rng.sample(rest, len(rest))]
+        out = []
+        for removed in removals[:n]:
+            kept = [s.shard for s in inst.shards if s.shard_id not in removed]
+            out.append((" ".join(kept), removed))
+        return out
+
     def full_prompt(self, inst: Instruction) -> str:
         """The ``question`` paragraph (generated and LiC math records both carry one)."""
         question = inst.fields.get("question")
