@@ -380,8 +380,8 @@ def _callback(reward: IcpoReward, log_path: Path, max_minutes: float | None) -> 
                 control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-            if not logs or "train_runtime" in logs:
-                return
+            if not logs or "train_runtime" in logs or not state.is_world_process_zero:
+                return  # one log line per step, from the main process only
             entry = {"step": state.global_step, **logs}
             if self.step_seconds:
                 wall, rew = sum(self.step_seconds), sum(self.reward_seconds)
@@ -465,7 +465,9 @@ def train(recipe: Recipe) -> Path:
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # collective under DeepSpeed ZeRO-3: every process calls it
+    if not trainer.is_world_process_zero():
+        return out
     tok.save_pretrained(str(out))
     summary = {
         "recipe": dataclasses.asdict(recipe),
