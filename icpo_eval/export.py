@@ -177,8 +177,6 @@ def _to_verl(row: dict[str, Any], index: int) -> dict[str, Any]:
     # verl hands a reward function only (data_source, solution_str, ground_truth, extra_info):
     # the judge needs the conversation so far, so it travels in extra_info too.
     extra["messages"] = json.dumps(row["prompt"], ensure_ascii=False)
-    # Arrow needs one type per struct field; keep the list column out of the struct's nulls.
-    extra["removed_shards"] = list(row["removed_shards"])
     return {
         "data_source": f"icpo_eval/{row['family']}",
         "prompt": row["prompt"],

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, get_family
+from icpo_eval.prompting import first_json_object, render_prompt
 from icpo_eval.records import CATEGORIES, NON_ANSWERS, Instruction
 
 if TYPE_CHECKING:
@@ -286,7 +287,6 @@ class LLMJudge:
     ) -> tuple[str, str]:
         """(category, which judge decided it)."""
         from icpo_eval.models.base import GenParams
-        from icpo_eval.prompting import render_prompt
 
         if not (response or "").strip():
             return "missing", self.name
@@ -303,9 +303,7 @@ class LLMJudge:
 
 def parse_judge_reply(text: str) -> str | None:
     """The category of a judge's JSON reply, or None when it names none of the seven."""
-    from icpo_eval.simulator import _json_object
-
-    obj = _json_object(text or "")
+    obj = first_json_object(text or "")
     category = obj.get("category") if isinstance(obj, dict) else None
     if isinstance(category, str) and category.strip().lower() in CATEGORIES:
         return category.strip().lower()

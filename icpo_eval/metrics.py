@@ -12,6 +12,7 @@ finished conversation that never answered scores 0 (its ``final_score`` is 0).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -240,10 +241,20 @@ def bootstrap_ci(
     tasks = sorted(set().union(*[set(d) for d in by_task]))
     rng = np.random.default_rng(seed)
 
-    def stat(i: int, sample: Iterable[str]) -> float | None:
-        return statistic([c for t in sample for c in by_task[i].get(t, [])])
+    def stat(i: int, sample: list[str] | None) -> float | None:
+        if sample is None:
+            return statistic([c for t in tasks for c in by_task[i].get(t, [])])
+        # An instruction drawn twice must count twice: statistics that average per
+        # instruction (P) group by task_id, so each draw gets a task_id of its own.
+        return statistic(
+            [
+                dataclasses.replace(c, task_id=f"{t}#{k}")
+                for k, t in enumerate(sample)
+                for c in by_task[i].get(t, [])
+            ]
+        )
 
-    points = [stat(i, tasks) for i in range(len(groups))]
+    points = [stat(i, None) for i in range(len(groups))]
     draws: list[list[float | None]] = [[] for _ in groups]
     for _ in range(n_boot):
         sample = [tasks[j] for j in rng.integers(0, len(tasks), len(tasks))]

@@ -1,8 +1,11 @@
-"""Jinja2 templates from ``prompts/``: system prompts, simulator and judge prompts."""
+"""Jinja2 templates from ``prompts/`` (system, simulator and judge prompts) and reading the JSON
+that LLM simulators and judges answer with."""
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -20,3 +23,16 @@ def _env() -> Environment:
 def render_prompt(template: str, **variables: object) -> str:
     """Render ``prompts/<template>`` with ``variables``, stripped of surrounding whitespace."""
     return _env().get_template(template).render(**variables).strip()
+
+
+def first_json_object(text: str) -> Any:
+    """The first JSON value starting at a ``{`` in ``text`` (code fences and chatter around it
+    are ignored), or None."""
+    start = text.find("{")
+    while start != -1:
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(text[start:])
+            return obj
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+    return None

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.paths import SIMULATORS_DIR
+from icpo_eval.prompting import first_json_object, render_prompt
 from icpo_eval.records import Instruction, Shard, derive_seed
 
 if TYPE_CHECKING:
@@ -179,7 +180,6 @@ class LLMSimulator:
         seed: int = 0,
     ) -> UserTurn:
         from icpo_eval.models.base import GenParams
-        from icpo_eval.prompting import render_prompt
 
         hidden = [s for s in inst.shards if s.shard_id not in revealed]
         if not hidden:
@@ -210,21 +210,9 @@ class LLMSimulator:
         return UserTurn(ut.text, ut.shard_ids, f"rule_fallback: {why}/{ut.note}")
 
 
-def _json_object(text: str) -> Any:
-    """The first JSON object in ``text`` (code fences and chatter around it are ignored)."""
-    start = text.find("{")
-    while start != -1:
-        try:
-            obj, _ = json.JSONDecoder().raw_decode(text[start:])
-            return obj
-        except json.JSONDecodeError:
-            start = text.find("{", start + 1)
-    return None
-
-
 def parse_simulator_reply(text: str, valid_ids: set[int]) -> tuple[tuple[str, int] | None, str]:
     """((response, shard_id), "") for a valid reply, else (None, why it is not)."""
-    obj = _json_object(text)
+    obj = first_json_object(text)
     if not isinstance(obj, dict):
         return None, "no JSON object"
     response, sid = obj.get("response"), obj.get("shard_id")

@@ -299,3 +299,12 @@ def test_bootstrap_ci_resamples_instructions_and_pairs_the_difference():
     assert bootstrap_ci([base, asks], non_answer_rate, n_boot=400, seed=1) == ci
     none = bootstrap_ci([[conv("x", 1.0, [a("answer_attempt", True)])]], non_answer_rate, 50)
     assert none["0"] == (None, None, None)
+
+
+def test_bootstrap_counts_an_instruction_drawn_twice_twice():
+    # Ten instructions, one solved: P's resampled value is (times the solved one is drawn)/10,
+    # so its upper 97.5% bound reaches 30. Merging repeated draws of one instruction (P groups
+    # by task_id) would cap it near 1/(distinct instructions drawn), about 15.
+    convs = [conv(f"t{i}", 1.0 if i == 0 else 0.0, mode="full") for i in range(10)]
+    point, lo, hi = bootstrap_ci([convs], lambda cs: performance(cs)["P"], 2000, seed=0)["0"]
+    assert point == 10.0 and lo == 0.0 and hi >= 30.0

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from icpo_eval.families import get_family  # noqa: E402
 from icpo_eval.metrics import (  # noqa: E402
     bootstrap_ci,
+    degradation,
     non_answer_rate,
     non_answer_share_by_progress,
     over_clarification_rate,
@@ -154,20 +155,13 @@ def summarise(work: Path, families: list[str], out_dir: Path, n_boot: int) -> No
     # Degradation sharded / full per family and model, with intervals.
     for family in families:
         for tag in ("base", "icpo") if family == "math" else ("base",):
-            full = convs(f"{tag}-{family}", family, "full")
-            shard = convs(f"{tag}-{family}", family, "sharded")
-            ids = {c.task_id for c in full}
-
-            def ratio(cs: list[Conversation], ids=ids, full=full) -> float | None:
-                keep = {c.task_id for c in cs}
-                pf = p([c for c in full if c.task_id in keep])
-                ps = p(cs)
-                return None if not pf or ps is None else ps / pf
-
-            ci = bootstrap_ci([[c for c in shard if c.task_id in ids]], ratio, n_boot=n_boot)
+            both = convs(f"{tag}-{family}", family, "full")
+            both += convs(f"{tag}-{family}", family, "sharded")
+            # One group: a resampled instruction brings its full and its sharded runs along.
+            ci = bootstrap_ci([both], degradation, n_boot=n_boot)["0"]
             rows[f"{family}/{tag}/degradation sharded÷full"] = ci
             table.append(
-                f"| {family} | sharded÷full | degradation ({tag}) | {fmt(ci['0'], pct=False)} | | |"
+                f"| {family} | sharded÷full | degradation ({tag}) | {fmt(ci, pct=False)} | | |"
             )
     header = (
         "| family | mode | figure | base (95% CI) | ICPO (95% CI) | ICPO − base (95% CI) |\n"
