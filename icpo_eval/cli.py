@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("results", nargs="+", help="run or results directories")
     rp.add_argument("-o", "--output", default="report.html")
     rp.add_argument("--max-transcripts", type=_positive_int, default=200)
+    rp.add_argument("--baseline", default=None, help="model to pair the other models against")
+    rp.add_argument(
+        "--bootstrap", type=int, default=1000, help="resamples for the intervals (0: none)"
+    )
 
     ex = sub.add_parser("export", help="every judged assistant turn of a run as reward data")
     ex.add_argument("run_dir")
@@ -179,7 +183,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from icpo_eval.report import write_report
 
-    out = write_report(args.results, args.output, max_transcripts=args.max_transcripts)
+    if args.bootstrap < 0:
+        raise IcpoError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
+    out = write_report(
+        args.results,
+        args.output,
+        max_transcripts=args.max_transcripts,
+        baseline=args.baseline,
+        n_boot=args.bootstrap,
+    )
     print(f"-> {out} ({out.stat().st_size / 1024:.0f} KiB)")
     return 0
 

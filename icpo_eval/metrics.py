@@ -49,6 +49,15 @@ def performance(convs: Iterable[Conversation]) -> dict[str, float | None]:
     return {"P": float(np.mean(p)), "A90": float(np.mean(a90)), "U90_10": float(np.mean(u))}
 
 
+def mean_score(convs: Iterable[Conversation]) -> float | None:
+    """P alone (mean over instructions of the mean 0-100 score over runs): what
+    :func:`performance` returns as ``P``, without the percentiles (fast, for the bootstrap)."""
+    per_inst = scores_by_instruction(convs)
+    if not per_inst:
+        return None
+    return sum(sum(s) / len(s) for s in per_inst.values()) / len(per_inst)
+
+
 def premature_answer_rate(convs: Iterable[Conversation]) -> float | None:
     """Share of assistant turns that attempt an answer before the task is fully specified."""
     turns = [t for c in scored(convs) for t in c.assistant_turns if t.fully_specified is False]
@@ -126,6 +135,21 @@ def non_answer_share_by_progress(
     single user turn lists every shard), otherwise an undercount when every sharded run stopped
     early, which overstates progress. Progress above 1 counts as 1.
     """
+    n, non = _progress_counts(convs, buckets, shard_counts)
+    return [non[i] / n[i] if n[i] else None for i in range(buckets)]
+
+
+def turns_by_progress(
+    convs: Iterable[Conversation], buckets: int = 5, shard_counts: dict[str, int] | None = None
+) -> list[int]:
+    """The number of assistant turns in each bucket of :func:`non_answer_share_by_progress`."""
+    return _progress_counts(convs, buckets, shard_counts)[0]
+
+
+def _progress_counts(
+    convs: Iterable[Conversation], buckets: int, shard_counts: dict[str, int] | None
+) -> tuple[list[int], list[int]]:
+    """(assistant turns, non-answer turns) per progress bucket."""
     if buckets < 1:
         raise ValueError(f"buckets must be at least 1, got {buckets}")
     convs = list(convs)
@@ -150,7 +174,7 @@ def non_answer_share_by_progress(
             i = min(max(i, 0), buckets - 1)
             n[i] += 1
             non[i] += t.category in NON_ANSWERS
-    return [non[i] / n[i] if n[i] else None for i in range(buckets)]
+    return n, non
 
 
 def mean_first_answer_turn(convs: Iterable[Conversation]) -> dict[str, float | int | None]:
@@ -241,18 +265,23 @@ def bootstrap_ci(
     tasks = sorted(set().union(*[set(d) for d in by_task]))
     rng = np.random.default_rng(seed)
 
+    # An instruction drawn twice must count twice: statistics that average per instruction
+    # (P) group by task_id, so the k-th draw of a resample gets a task_id of its own. The
+    # relabelled copies are made once per (group, instruction, k) and reused across resamples.
+    relabelled: list[dict[tuple[str, int], list[Conversation]]] = [{} for _ in groups]
+
+    def draw(i: int, t: str, k: int) -> list[Conversation]:
+        key = (t, k)
+        if key not in relabelled[i]:
+            relabelled[i][key] = [
+                dataclasses.replace(c, task_id=f"{t}#{k}") for c in by_task[i].get(t, [])
+            ]
+        return relabelled[i][key]
+
     def stat(i: int, sample: list[str] | None) -> float | None:
         if sample is None:
             return statistic([c for t in tasks for c in by_task[i].get(t, [])])
-        # An instruction drawn twice must count twice: statistics that average per
-        # instruction (P) group by task_id, so each draw gets a task_id of its own.
-        return statistic(
-            [
-                dataclasses.replace(c, task_id=f"{t}#{k}")
-                for k, t in enumerate(sample)
-                for c in by_task[i].get(t, [])
-            ]
-        )
+        return statistic([c for k, t in enumerate(sample) for c in draw(i, t, k)])
 
     points = [stat(i, None) for i in range(len(groups))]
     draws: list[list[float | None]] = [[] for _ in groups]

@@ -28,6 +28,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from icpo_eval import __version__
+from icpo_eval.compare import category_shares, formatted, interval_table
+from icpo_eval.errors import IcpoError
 from icpo_eval.leaderboard import RATE_COLUMNS, collect, table
 from icpo_eval.metrics import (
     degradations,
@@ -316,20 +318,52 @@ def _transcript(c: Conversation) -> dict[str, Any]:
     }
 
 
-def render(roots: Sequence[str | Path], max_transcripts: int = DEFAULT_MAX_TRANSCRIPTS) -> str:
+def _share_out(ordered: list[Conversation], limit: int) -> list[Conversation]:
+    """At most ``limit`` conversations, shared equally between the models (a model with fewer
+    leaves its share to the others), in the given order: a comparison shows every model."""
+    by_model: dict[str, list[Conversation]] = defaultdict(list)
+    for c in ordered:
+        by_model[c.model].append(c)
+    quota = dict.fromkeys(by_model, 0)
+    left = min(limit, len(ordered))
+    while left:
+        for model in sorted(by_model):
+            if left and quota[model] < len(by_model[model]):
+                quota[model] += 1
+                left -= 1
+    keep = {id(c) for model, cs in by_model.items() for c in cs[: quota[model]]}
+    return [c for c in ordered if id(c) in keep]
+
+
+def render(
+    roots: Sequence[str | Path],
+    max_transcripts: int = DEFAULT_MAX_TRANSCRIPTS,
+    baseline: str | None = None,
+    n_boot: int = 1000,
+) -> str:
     """The report of every run under ``roots`` as one HTML string.
 
-    Raises :class:`~icpo_eval.errors.IcpoError` for what the leaderboard refuses (a missing
-    directory, no runs, mixed settings).
+    ``n_boot`` > 0 adds the figures with bootstrap intervals (:mod:`icpo_eval.compare`), with
+    every model's paired difference from ``baseline`` when one is named. Raises
+    :class:`~icpo_eval.errors.IcpoError` for what the leaderboard refuses (a missing directory,
+    no runs, mixed settings) and for a baseline that is not among the runs' models.
     """
     if max_transcripts < 0:
         raise ValueError(f"max_transcripts must be at least 0, got {max_transcripts}")
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be at least 0, got {n_boot}")
     convs = collect(roots)
+    models = sorted({c.model for c in convs})
+    if baseline is not None and baseline not in models:
+        raise IcpoError(
+            f"baseline model {baseline!r} is not in these runs (they have: {', '.join(models)})"
+        )
+    intervals = formatted(interval_table(convs, baseline, n_boot)) if n_boot else []
     board = table(convs)
     ordered = sorted(
         convs, key=lambda c: (c.model, c.family, c.task_id, _mode_key(c.mode), c.run_index)
     )
-    shown = ordered[:max_transcripts]
+    shown = _share_out(ordered, max_transcripts)
     columns = list(board.columns)
     rows = [
         [_cell(col, v) for col, v in zip(columns, rec)]
@@ -347,9 +381,13 @@ def render(roots: Sequence[str | Path], max_transcripts: int = DEFAULT_MAX_TRANS
         sources=[str(r) for r in roots],
         n_conversations=len(convs),
         n_failed=sum(c.error is not None for c in convs),
-        models=sorted({c.model for c in convs}),
+        models=models,
         columns=columns,
         rows=rows,
+        intervals=intervals,
+        baseline=baseline,
+        n_boot=n_boot,
+        categories=category_shares(convs),
         plots=make_plots(convs),
         transcripts=[_transcript(c) for c in shown],
         n_left_out=len(ordered) - len(shown),
@@ -361,9 +399,11 @@ def write_report(
     roots: Sequence[str | Path],
     output: str | Path,
     max_transcripts: int = DEFAULT_MAX_TRANSCRIPTS,
+    baseline: str | None = None,
+    n_boot: int = 1000,
 ) -> Path:
     """Render the report (see :func:`render`) and write it to ``output``; return the path."""
-    html = render(roots, max_transcripts=max_transcripts)
+    html = render(roots, max_transcripts=max_transcripts, baseline=baseline, n_boot=n_boot)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")

@@ -226,3 +226,13 @@ def test_report_renders_in_chromium_without_console_errors(two_models, tmp_path)
     assert chromium_console(page, shot, tmp_path) == []
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a page, not a blank
+
+
+def test_capped_transcripts_are_shared_between_models(tmp_path):
+    write_run(tmp_path / "a", "model-a", n=4)  # 8 conversations
+    write_run(tmp_path / "b", "model-b", n=1)  # 2 conversations
+    html = render([tmp_path], max_transcripts=6)
+    shown = re.findall(r'<span class="tag">(model-[ab])</span>', html)
+    # Equal shares (3 each) but model-b has only 2: model-a takes the one left over.
+    assert shown.count("model-b") == 2 and shown.count("model-a") == 4
+    assert "4 left out" in html

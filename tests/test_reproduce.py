@@ -1,0 +1,61 @@
+"""train/reproduce_icpo.py: the summary files and the parallel runner (the long steps are the
+harness's own commands, tested elsewhere)."""
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_compare import models, write
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def script():
+    path = ROOT / "train" / "reproduce_icpo.py"
+    spec = importlib.util.spec_from_file_location("reproduce_icpo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_files(script, tmp_path, monkeypatch):
+    monkeypatch.setattr(script, "BASE", "base")
+    convs = models()
+    write(tmp_path / "base-math", "base", convs)
+    write(tmp_path / "icpo-math", "icpo", convs)
+    out = tmp_path / "out"
+    out.mkdir()
+    script.summarise([tmp_path / "base-math", tmp_path / "icpo-math"], out, n_boot=100)
+    md = (out / "summary.md").read_text()
+    assert "100 resamples" in md and "## Reply categories" in md
+    assert "| math | sharded | non-answer rate, underspecified turns (%) | icpo | 20 | 50.0 [" in md
+    rows = json.loads((out / "summary.json").read_text())
+    hit = [r for r in rows if r["model"] == "icpo" and r["figure"].startswith("non-answer")]
+    assert hit[0]["diff"] == 50.0 and hit[0]["diff_lo"] < 50.0 < hit[0]["diff_hi"]
+    with open(out / "progress.csv") as f:
+        prog = list(csv.DictReader(f))
+    icpo = {r["progress_bucket"]: r for r in prog if r["model"] == "icpo"}
+    assert icpo["40-60%"]["non_answer_share"] == "0.500" and icpo["40-60%"]["turns"] == "20"
+    assert icpo["0-20%"]["non_answer_share"] == "" and icpo["0-20%"]["turns"] == "0"
+
+
+def test_parallel_runner_stops_on_a_failure(script, monkeypatch):
+    calls = []
+    real_popen = subprocess.Popen
+
+    def popen(cmd, cwd, env):
+        calls.append(env["OMP_NUM_THREADS"])
+        code = "import sys; sys.exit(3)" if cmd[-1] == "bad" else "import time; time.sleep(30)"
+        return real_popen([sys.executable, "-c", code])
+
+    monkeypatch.setattr(script.subprocess, "Popen", popen)
+    monkeypatch.setattr(script.os, "cpu_count", lambda: 2)
+    with pytest.raises(subprocess.CalledProcessError):
+        script.sh_parallel([["slow"], ["bad"], ["never"]], jobs=2)
+    assert calls == ["1", "1"]  # two at a time, one thread each; the third never started
