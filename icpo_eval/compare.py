@@ -13,10 +13,12 @@ an evasive sentence. The HTML report and ``train/reproduce_icpo.py`` both use th
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from icpo_eval.judges import split_sentences
 from icpo_eval.metrics import (
     Statistic,
     bootstrap_ci,
@@ -27,7 +29,7 @@ from icpo_eval.metrics import (
     premature_answer_rate,
     scored,
 )
-from icpo_eval.records import CATEGORIES, MODES, Conversation
+from icpo_eval.records import CATEGORIES, MODES, NON_ANSWERS, Conversation
 
 #: (name, statistic, factor to put it on 0-100). P is already on 0-100.
 FIGURES: tuple[tuple[str, Statistic, float], ...] = (
@@ -71,10 +73,11 @@ def interval_table(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    figures: Sequence[tuple[str, Statistic, float]] = FIGURES,
 ) -> list[Estimate]:
-    """Every figure of :data:`FIGURES` per (family, mode, model) with a ``level`` interval,
-    plus the sharded/full degradation per (family, model). Rows where a figure is undefined
-    for every model (e.g. premature answers in ``full`` mode) are left out.
+    """Every figure of ``figures`` (default :data:`FIGURES`) per (family, mode, model) with a
+    ``level`` interval, plus the sharded/full degradation per (family, model). Rows where a
+    figure is undefined for every model (e.g. premature answers in ``full`` mode) are left out.
 
     ``baseline`` (a model name) comes first in each cell and the others carry their paired
     difference from it, all restricted to the instructions every model in the cell ran; a cell
@@ -113,7 +116,7 @@ def interval_table(
             out.extend(rows)
 
     for family, mode in sorted(cells, key=lambda fm: (fm[0], _mode_order(fm[1]))):
-        for name, stat, k in FIGURES:
+        for name, stat, k in figures:
             add(family, mode, name, cells[(family, mode)], stat, k)
     for family in sorted({f for f, _ in cells}):
         full, sharded = cells.get((family, "full"), {}), cells.get((family, "sharded"), {})
@@ -196,3 +199,38 @@ def category_shares(convs: Iterable[Conversation]) -> list[dict[str, str]]:
         row |= {cat: f"{100 * n[cat] / total:.1f}" for cat in cats}
         rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Judge audit: quantities stated in words
+
+_SPELLED = re.compile(
+    r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|"
+    r"fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|"
+    r"seventy|eighty|ninety|hundred|thousand)\b",
+    re.I,
+)
+
+
+def states_number_in_words(text: str) -> bool:
+    """A reply without a digit or a question whose last sentence holds a number word ("Two
+    dollars.", "Omar has two marbles."). The rule judge reads only digits, so such a reply
+    counts as a non-answer although it may commit to a quantity: a policy trained against the
+    rule judge can learn it. This flags them for an audit; it does not judge them."""
+    if re.search(r"\d", text) or "?" in text:
+        return False
+    sents = split_sentences(text)
+    return bool(sents) and bool(_SPELLED.search(sents[-1]))
+
+
+def strict_non_answer_rate(convs: Iterable[Conversation]) -> float | None:
+    """:func:`~icpo_eval.metrics.non_answer_rate` counting a non-answer that states a number in
+    words (:func:`states_number_in_words`) as an answer: a lower bound of the judged rate."""
+    turns = [t for c in scored(convs) for t in c.assistant_turns if t.fully_specified is False]
+    if not turns:
+        return None
+    held = [t.category in NON_ANSWERS and not states_number_in_words(t.content) for t in turns]
+    return sum(held) / len(turns)
+
+
+STRICT_NON_ANSWER = "non-answer rate, underspecified, number words as answers (%)"

@@ -118,7 +118,7 @@ _CLARIFICATION_MAX_WORDS = 100
 _REFUSAL_MAX_WORDS = 80
 
 
-def _sentences(text: str) -> list[str]:
+def split_sentences(text: str) -> list[str]:
     parts = re.split(r"(?<=[.?!])\s+|\n+", text)
     return [p.strip(" \t*-#>") for p in parts if p.strip(" \t*-#>")]
 
@@ -129,7 +129,7 @@ def _numbers(text: str) -> list[str]:
 
 def _user_questions(text: str) -> list[str]:
     """Questions and requests addressed to the user (rhetorical steps and closings excluded)."""
-    sents = _sentences(_QUOTED.sub('""', text))
+    sents = split_sentences(_QUOTED.sub('""', text))
     asked = []
     for i, s in enumerate(sents):
         if _CLOSING.search(s):
@@ -155,7 +155,7 @@ def _is_hedge(text: str) -> bool:
     conditionals = len(_CONDITIONAL.findall(text)) + len(_WITH_OUTCOME.findall(text))
     if conditionals >= 2:
         # Conditional steps that end in one stated conclusion are working, not a hedge.
-        last = _sentences(text)[-1]
+        last = split_sentences(text)[-1]
         concluded = re.match(r"(?:so|therefore|thus|hence)\b", last, re.I)
         return not (concluded and not re.search(r"\b(?:if|either|or)\b", last, re.I))
     cue = _HEDGE_CUES.search(text)
@@ -216,7 +216,7 @@ def rule_classify(response: str, context: str = "", question: str = "") -> str:
     if _REFUSE.search(text) and words <= _REFUSAL_MAX_WORDS:
         return "refuse"
     known = set(_numbers(context))
-    sents = [s for s in _sentences(text) if not _CLOSING.search(s)]
+    sents = [s for s in split_sentences(text) if not _CLOSING.search(s)]
     if sents and _commits_to_new_number(sents[-1], known):
         return "answer_attempt"
     if sents and _states_asked_quantity(sents[-1], _asked_unit(question)):

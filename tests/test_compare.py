@@ -160,3 +160,23 @@ def test_report_shows_intervals_and_refuses_an_unknown_baseline(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0] and not out.exists()
     assert main(["report", str(tmp_path), "-o", str(out), "--bootstrap", "-1"]) == 2
+
+
+def test_number_words_audit():
+    from icpo_eval.compare import states_number_in_words, strict_non_answer_rate
+
+    assert states_number_in_words("Omar has two marbles.")
+    assert states_number_in_words("I think so. Two dollars.")
+    # A question, a digit, or no number word in the last sentence: not flagged.
+    assert not states_number_in_words("Do you have two marbles?")
+    assert not states_number_in_words("Omar has 2 marbles.")
+    assert not states_number_in_words("Two marbles were mentioned. Which ones are his.")
+    assert not states_number_in_words("Someone is asking.")  # "one" only as a whole word
+    turns = [
+        a("discussion", False),
+        Turn(3, "assistant", "Omar has two.", category="discussion", fully_specified=False),
+        a("answer_attempt", False),
+    ]
+    c = conv("m", "t", "sharded", 0.0, turns)
+    assert strict_non_answer_rate([c]) == pytest.approx(1 / 3)
+    assert strict_non_answer_rate([]) is None

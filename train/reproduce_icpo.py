@@ -32,7 +32,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from icpo_eval.compare import category_shares, formatted, interval_table, markdown  # noqa: E402
+from icpo_eval.compare import (  # noqa: E402
+    FIGURES,
+    STRICT_NON_ANSWER,
+    category_shares,
+    formatted,
+    interval_table,
+    markdown,
+    strict_non_answer_rate,
+)
 from icpo_eval.families import get_family  # noqa: E402
 from icpo_eval.metrics import non_answer_share_by_progress, turns_by_progress  # noqa: E402
 from icpo_eval.records import Conversation  # noqa: E402
@@ -145,7 +153,10 @@ def summarise(runs: list[Path], out_dir: Path, n_boot: int) -> None:
     trained model paired against the base on the same resamples; what the replies were) and
     ``progress.csv`` (non-answer share by conversation progress in sharded mode, ICPO Fig. 1)."""
     convs = [c for r in runs for c in load_run(r)[1]]
-    estimates = interval_table(convs, baseline=BASE, n_boot=n_boot)
+    # The audit figure: the rule judge reads only digits, so a non-answer that states a number
+    # in words ("Omar has two marbles.") may be a guess; this rate counts those as answers.
+    figures = (*FIGURES, (STRICT_NON_ANSWER, strict_non_answer_rate, 100.0))
+    estimates = interval_table(convs, baseline=BASE, n_boot=n_boot, figures=figures)
     rows, cats = formatted(estimates), category_shares(convs)
     (out_dir / "summary.md").write_text(
         f"## Figures with 95% bootstrap intervals ({n_boot} resamples of instructions)\n\n"
