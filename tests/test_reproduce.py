@@ -59,3 +59,16 @@ def test_parallel_runner_stops_on_a_failure(script, monkeypatch):
     with pytest.raises(subprocess.CalledProcessError):
         script.sh_parallel([["slow"], ["bad"], ["never"]], jobs=2)
     assert calls == ["1", "1"]  # two at a time, one thread each; the third never started
+
+
+def test_training_table_averages_windows_of_logged_steps(script, tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    steps = [{"step": i, "kl": 0.1 * i, "icpo/non_answer_under": 1.0} for i in range(1, 13)]
+    steps[0]["icpo/non_answer_under"] = None  # a step without underspecified prompts
+    log.write_text("\n".join(json.dumps(s) for s in steps) + "\n")
+    table = script.training_table(log, window=10).splitlines()
+    assert len(table) == 2 + 2
+    first = table[2].split(" | ")
+    assert table[2].startswith("| 1-10 |") and table[3].startswith("| 11-12 |")
+    assert first[list(script.TRAIN_COLUMNS).index("KL") + 1] == "0.55"
+    assert first[list(script.TRAIN_COLUMNS).index("reward, fully specified") + 1] == "–"

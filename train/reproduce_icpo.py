@@ -148,7 +148,7 @@ def run_args(
     ]
 
 
-def summarise(runs: list[Path], out_dir: Path, n_boot: int) -> None:
+def summarise(runs: list[Path], out_dir: Path, n_boot: int, log: Path | None = None) -> None:
     """``summary.md`` / ``summary.json`` (figures with 95% intervals over instructions, the
     trained model paired against the base on the same resamples; what the replies were) and
     ``progress.csv`` (non-answer share by conversation progress in sharded mode, ICPO Fig. 1)."""
@@ -163,6 +163,12 @@ def summarise(runs: list[Path], out_dir: Path, n_boot: int) -> None:
         + markdown(rows)
         + "\n## Reply categories (% of assistant turns)\n\n"
         + markdown(cats)
+        + (
+            "\n## Training (means over 10-step windows; sampled at temperature 1)\n\n"
+            + training_table(log)
+            if log is not None and log.exists()
+            else ""
+        )
     )
     (out_dir / "summary.json").write_text(
         json.dumps([dataclasses.asdict(e) for e in estimates], indent=1) + "\n"
@@ -177,6 +183,36 @@ def summarise(runs: list[Path], out_dir: Path, n_boot: int) -> None:
             lines.append(f"{family},{model},{bucket},{cell},{n}")
     (out_dir / "progress.csv").write_text("\n".join(lines) + "\n")
     print((out_dir / "summary.md").read_text())
+
+
+TRAIN_COLUMNS = {
+    "reward, fully specified": "icpo/reward_fully",
+    "reward, underspecified": "icpo/reward_under",
+    "non-answer rate, underspecified": "icpo/non_answer_under",
+    "over-clarification, fully specified": "icpo/over_clarification",
+    "KL": "kl",
+    "completion tokens": "completions/mean_length",
+    "groups with one reward": "frac_reward_zero_std",
+}
+
+
+def training_table(log: Path, window: int = 10) -> str:
+    """The training log as a Markdown table: each column's mean over windows of ``window``
+    steps (a step logs a figure only when its batch had such prompts)."""
+    steps = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    lines = [
+        "| steps | " + " | ".join(TRAIN_COLUMNS) + " |",
+        "|---|" + "---|" * len(TRAIN_COLUMNS),
+    ]
+    for start in range(0, len(steps), window):
+        chunk = steps[start : start + window]
+        cells = []
+        for key in TRAIN_COLUMNS.values():
+            vals = [s[key] for s in chunk if s.get(key) is not None]
+            cells.append(f"{sum(vals) / len(vals):.2f}" if vals else "–")
+        span = f"{chunk[0]['step']}-{chunk[-1]['step']}"
+        lines.append(f"| {span} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _by_family_and_model(convs: list[Conversation]) -> dict[tuple[str, str], list[Conversation]]:
@@ -264,7 +300,7 @@ def main() -> int:
     if log.exists():
         (out_dir / "train_log.jsonl").write_text(log.read_text())
         (out_dir / "icpo_train.json").write_text((trained_dir / "icpo_train.json").read_text())
-    summarise(runs, out_dir, a.bootstrap)
+    summarise(runs, out_dir, a.bootstrap, log)
     return 0
 
 
