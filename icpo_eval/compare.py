@@ -29,7 +29,7 @@ from icpo_eval.metrics import (
     premature_answer_rate,
     scored,
 )
-from icpo_eval.records import CATEGORIES, MODES, NON_ANSWERS, Conversation
+from icpo_eval.records import CATEGORIES, NON_ANSWERS, Conversation, mode_key
 
 #: (name, statistic, factor to put it on 0-100). P is already on 0-100.
 FIGURES: tuple[tuple[str, Statistic, float], ...] = (
@@ -61,10 +61,6 @@ class Estimate:
 
 def _scale(t: tuple[float | None, ...], k: float) -> tuple[float | None, ...]:
     return tuple(None if v is None else k * v for v in t)
-
-
-def _mode_order(mode: str) -> int:
-    return MODES.index(mode) if mode in MODES else len(MODES)
 
 
 def interval_table(
@@ -115,7 +111,7 @@ def interval_table(
         if any(r.value is not None for r in rows):
             out.extend(rows)
 
-    for family, mode in sorted(cells, key=lambda fm: (fm[0], _mode_order(fm[1]))):
+    for family, mode in sorted(cells, key=lambda fm: (fm[0], mode_key(fm[1]))):
         for name, stat, k in figures:
             add(family, mode, name, cells[(family, mode)], stat, k)
     for family in sorted({f for f, _ in cells}):

@@ -36,6 +36,11 @@ NON_ANSWERS: frozenset[str] = frozenset(
 MODES: tuple[str, ...] = ("full", "concat", "sharded", "recap", "snowball")
 
 
+def mode_key(mode: str) -> tuple[int, str]:
+    """Sort key for modes: the order of :data:`MODES`, unknown modes last by name."""
+    return (MODES.index(mode) if mode in MODES else len(MODES), mode)
+
+
 @dataclass
 class Shard:
     shard_id: int

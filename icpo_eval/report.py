@@ -38,7 +38,7 @@ from icpo_eval.metrics import (
     scored,
 )
 from icpo_eval.paths import PROMPTS_DIR
-from icpo_eval.records import MODES, Conversation
+from icpo_eval.records import Conversation, mode_key
 
 TEMPLATE = "report.html.j2"
 DEFAULT_MAX_TRANSCRIPTS = 200
@@ -57,10 +57,6 @@ class Plot:
     caption: str
     png_base64: str
     no_data: bool = False
-
-
-def _mode_key(mode: str) -> tuple[int, str]:
-    return (MODES.index(mode) if mode in MODES else len(MODES), mode)
 
 
 def _by_model(convs: Sequence[Conversation]) -> dict[str, list[Conversation]]:
@@ -135,7 +131,7 @@ def _grouped_bars(
 
 
 def plot_p_by_mode(by_model: dict[str, list[Conversation]], title: str) -> Figure | None:
-    modes = sorted({c.mode for cs in by_model.values() for c in cs}, key=_mode_key)
+    modes = sorted({c.mode for cs in by_model.values() for c in cs}, key=mode_key)
     series = {
         mode: [performance(c for c in cs if c.mode == mode)["P"] for cs in by_model.values()]
         for mode in modes
@@ -216,7 +212,7 @@ def plot_first_answer(by_model: dict[str, list[Conversation]], title: str) -> Fi
 def plot_spread(by_model: dict[str, list[Conversation]], title: str) -> Figure | None:
     groups, a90, u = [], [], []
     for model, cs in by_model.items():
-        for mode in sorted({c.mode for c in cs}, key=_mode_key):
+        for mode in sorted({c.mode for c in cs}, key=mode_key):
             perf = performance(c for c in cs if c.mode == mode)
             if perf["A90"] is None:
                 continue
@@ -321,13 +317,11 @@ def _transcript(c: Conversation) -> dict[str, Any]:
 def _share_out(ordered: list[Conversation], limit: int) -> list[Conversation]:
     """At most ``limit`` conversations, shared equally between the models (a model with fewer
     leaves its share to the others), in the given order: a comparison shows every model."""
-    by_model: dict[str, list[Conversation]] = defaultdict(list)
-    for c in ordered:
-        by_model[c.model].append(c)
+    by_model = _by_model(ordered)
     quota = dict.fromkeys(by_model, 0)
     left = min(limit, len(ordered))
     while left:
-        for model in sorted(by_model):
+        for model in by_model:
             if left and quota[model] < len(by_model[model]):
                 quota[model] += 1
                 left -= 1
@@ -361,7 +355,7 @@ def render(
     intervals = formatted(interval_table(convs, baseline, n_boot)) if n_boot else []
     board = table(convs)
     ordered = sorted(
-        convs, key=lambda c: (c.model, c.family, c.task_id, _mode_key(c.mode), c.run_index)
+        convs, key=lambda c: (c.model, c.family, c.task_id, mode_key(c.mode), c.run_index)
     )
     shown = _share_out(ordered, max_transcripts)
     columns = list(board.columns)

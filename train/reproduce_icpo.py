@@ -58,10 +58,15 @@ def rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def _command(args: list[str] | tuple[str, ...], note: str = "") -> list[str]:
+    """The icpo-eval command line for ``args``, echoed first."""
+    print("$ icpo-eval " + " ".join(args) + note, flush=True)
+    return [sys.executable, "-m", "icpo_eval", *args]
+
+
 def sh(*args: str) -> None:
     """Run one icpo-eval command from the repository root, echoing it and its duration."""
-    cmd = [sys.executable, "-m", "icpo_eval", *args]
-    print("$ icpo-eval " + " ".join(args), flush=True)
+    cmd = _command(args)
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -84,9 +89,7 @@ def sh_parallel(commands: list[list[str]], jobs: int) -> None:
     start = time.perf_counter()
     while pending or running:
         while pending and len(running) < jobs:
-            args = pending.pop(0)
-            print("$ icpo-eval " + " ".join(args) + f"  (in parallel, {threads} thread(s))")
-            cmd = [sys.executable, "-m", "icpo_eval", *args]
+            cmd = _command(pending.pop(0), f"  (in parallel, {threads} thread(s))")
             running.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
         time.sleep(2)
         for proc in [p for p in running if p.poll() is not None]:
@@ -172,8 +175,7 @@ def summarise(runs: list[Path], out_dir: Path, n_boot: int, log: Path | None = N
         + "\n## Reply categories (% of assistant turns)\n\n"
         + markdown(cats)
         + (
-            "\n## Training (means over 10-step windows; sampled at temperature 1)\n\n"
-            + training_table(log)
+            "\n## Training (means over 10-step windows)\n\n" + training_table(log)
             if log is not None and log.exists()
             else ""
         )
