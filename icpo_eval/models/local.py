@@ -12,8 +12,8 @@ the batch at once (its rows are cut out of the cache) and a waiting one is prefi
 its cache left-padded to the batch's length. A static padded batch would keep computing for
 every row until the longest reply ends; here the batch stays full while work is waiting.
 The batch's keys and values live in preallocated slots (``SlotLayer``): a decode step writes one
-column in place, where transformers' ``DynamicLayer`` copies the whole cache per token (3.3×
-slower per step at 32 rows × 1,600 positions, ``benchmarks/kv_cache.py``).
+column in place, where transformers' ``DynamicLayer`` copies the whole cache per token (1.8×
+slower per step at 32 rows × 1,600 positions on 2 cores, ``benchmarks/kv_cache.py``).
 Prefix caching: when a conversation's next turn arrives, the cache of its previous turn is
 reused for the longest common token prefix, so only the new user message is prefilled (in a
 sharded conversation the history is most of every prompt). When
@@ -302,7 +302,7 @@ def _slot_layer() -> type:
         """One layer's keys and values for a continuous batch, in preallocated room.
 
         ``DynamicLayer`` concatenates the whole cache with each new token: a full copy per
-        decode step, which took two thirds of a step at 32 rows × 1,600 positions. Here the
+        decode step, which grows with the context (benchmarks/kv_cache.py). Here the
         buffers (``kbuf``/``vbuf``: slots × heads × capacity × dim) outlive the steps: the
         live rows are the first ``n`` slots, the live columns ``lo:hi``, and ``keys``/``values``
         are views of that window. A step writes one column; a row that leaves is replaced by
