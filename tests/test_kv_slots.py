@@ -83,7 +83,7 @@ def test_slot_layer_matches_concatenation_on_real_columns(seed):
         else:
             buffer = layer.kbuf
             new = torch.randn(n, 2, 1, 3)
-            k, v = layer.update(new, new * 2)
+            k, _ = layer.update(new, new * 2)
             ref.step(new)
             moved += layer.kbuf is not buffer
             assert k.shape == ref.keys.shape

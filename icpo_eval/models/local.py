@@ -331,7 +331,7 @@ def _slot_layer() -> type:
             """Add rows (b × heads × width × dim, left-padded) after the live ones."""
             b, width = keys.shape[0], keys.shape[2]
             if self.kbuf is None:
-                self.device, self.dtype = keys.device, keys.dtype
+                self.device = keys.device  # DynamicLayer.prefetch reads it
                 shape = (self.slots, keys.shape[1], 0, keys.shape[3])
                 self.kbuf, self.vbuf = keys.new_zeros(shape), keys.new_zeros(shape)
             window = max(width, self.hi - self.lo)
