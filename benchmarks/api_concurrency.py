@@ -1,9 +1,9 @@
 """Conversations and requests per second through the API backend at concurrency 1, 8 and 64.
 
-The local OpenAI-compatible server (``icpo_eval/fake_server.py``) runs in its own process with
-``--latency`` seconds (default 0.2) added to every reply and no faults. The real runner drives
-sharded math conversations against it (rule simulator and judge unless stated), with a fresh
-response cache per row, so every request reaches the server. Rows:
+The local OpenAI-compatible server (``icpo_eval/testing/fake_server.py``) runs in its own
+process with ``--latency`` seconds (default 0.2) added to every reply and no faults. The real
+runner drives sharded math conversations against it (rule simulator and judge unless stated),
+with a fresh response cache per row, so every request reaches the server. Rows:
 
 - ``direct``: ``hosted_vllm/…`` with ``--api-base`` (the default transport for a self-hosted
   OpenAI-compatible server: OpenAI protocol over aiohttp);
@@ -42,7 +42,7 @@ from icpo_eval.runner import run  # noqa: E402
 
 def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "icpo_eval.fake_server", "--latency", str(latency)],
+        [sys.executable, "-m", "icpo_eval.testing.fake_server", "--latency", str(latency)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -2,9 +2,9 @@
 
 The continuous batch keeps every row's keys and values across decode steps. transformers'
 ``DynamicLayer`` appends a token by concatenating the whole cache (a full copy per step, per
-layer); the local backend's slot store (``SlotLayer`` in ``icpo_eval/models/local.py``) writes
-the new column into preallocated room. Both are timed on the same model, batch and context
-(random prompt tokens, prefilled once and loaded into both), and the steps' logits are
+layer); the local backend's slot store (``SlotLayer`` in ``icpo_eval/models/local/kv_store.py``)
+writes the new column into preallocated room. Both are timed on the same model, batch and
+context (random prompt tokens, prefilled once and loaded into both), and the steps' logits are
 compared. The last line is
 
     speedup_at_<longest context> = concatenating ms/step ÷ slot ms/step
@@ -25,7 +25,8 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, DynamicCache  # noqa: E402
 
 from icpo_eval.models import GenParams  # noqa: E402
-from icpo_eval.models.local import _slot_cache, smollm2_checkpoint  # noqa: E402
+from icpo_eval.models.local import smollm2_checkpoint  # noqa: E402
+from icpo_eval.models.local.kv_store import slot_cache  # noqa: E402
 
 
 def prefill(model, batch: int, context: int) -> tuple[DynamicCache, torch.Tensor]:
@@ -80,7 +81,7 @@ def main() -> None:
         filled, last = prefill(model, args.batch, context)
         concat = DynamicCache(config=model.config)
         concat_ms, concat_logits = steps(model, concat, filled, last, args.steps)
-        slots = _slot_cache(model.config, args.batch, GenParams(max_new_tokens=192))
+        slots = slot_cache(model.config, args.batch, GenParams(max_new_tokens=192))
         slot_ms, slot_logits = steps(model, slots, filled, last, args.steps)
         ratio = concat_ms / slot_ms
         diff = (concat_logits - slot_logits).abs().max().item()

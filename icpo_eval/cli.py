@@ -39,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="local/smollm2, hf/<checkpoint path> or a litellm provider/model "
         "(openai/gpt-4o-mini, hosted_vllm/<id> with --api-base, ollama_chat/<id>, ...)",
     )
-    r.add_argument("--tasks", default="math", help="families, FILE.jsonl or lic:FILE (comma-sep)")
+    r.add_argument(
+        "--tasks",
+        default="math",
+        help="comma-separated sources: family names, FILE.jsonl, lic:FILE or hf:NAME[:SPLIT]",
+    )
     r.add_argument("--modes", default="full,concat,sharded")
     r.add_argument("--runs", type=_positive_int, default=1, help="runs per instruction")
     r.add_argument("--limit", type=_positive_int, default=None, help="first K per task source")
@@ -80,11 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     lb = sub.add_parser("leaderboard", help="one CSV row per (model, family, mode)")
-    lb.add_argument("results", nargs="*", default=["results"], help="run or results directories")
+    lb.add_argument(
+        "results",
+        nargs="*",
+        help="run or results directories (default: your runs under results/, without the "
+        "reference runs in results/reference/)",
+    )
     lb.add_argument("-o", "--output", default="results/leaderboard.csv")
 
     rp = sub.add_parser("report", help="one self-contained HTML report: table, plots, transcripts")
-    rp.add_argument("results", nargs="+", help="run or results directories")
+    rp.add_argument(
+        "results", nargs="*", help="run or results directories (default: as for leaderboard)"
+    )
     rp.add_argument("-o", "--output", default="report.html")
     rp.add_argument("--max-transcripts", type=_positive_int, default=200)
     rp.add_argument("--baseline", default=None, help="model to pair the other models against")
@@ -109,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="tasks_command", required=True)
     tsub.add_parser("list", help="task families and their committed sets")
     ts = tsub.add_parser("show", help="print one task set's first instructions")
-    ts.add_argument("name", help="family name, FILE.jsonl or lic:FILE")
+    ts.add_argument("name", help="family name, FILE.jsonl, lic:FILE or hf:NAME[:SPLIT]")
     ts.add_argument("--n", type=_positive_int, default=3)
     tg = tsub.add_parser("generate", help="generate a task set")
     tg.add_argument("family")
@@ -125,16 +136,11 @@ def _urls(values: list[str]) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from icpo_eval.leaderboard import summary_table
     from icpo_eval.records import RunSpec
-    from icpo_eval.runner import run, summary_table
+    from icpo_eval.runner import run
     from icpo_eval.store import load_run
 
-    if not 0.0 <= args.temperature <= 5.0:
-        raise IcpoError(f"--temperature must be between 0 and 5, got {args.temperature}")
-    if not 0.0 < args.top_p <= 1.0:
-        raise IcpoError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.timeout <= 0 or args.retry_wait < 0:
-        raise IcpoError("--timeout must be above 0 and --retry-wait at least 0")
     out = args.out or str(Path("results") / args.model.replace("/", "__"))
     spec = RunSpec(
         model=args.model,
@@ -168,10 +174,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _result_roots(named: list[str]) -> list[str] | list[Path]:
+    """The folders named on the command line, else the user's own runs under results/."""
+    from icpo_eval.leaderboard import user_runs
+
+    return named or user_runs()
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from icpo_eval.leaderboard import build
 
-    df = build(args.results)
+    df = build(_result_roots(args.results))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
@@ -186,7 +199,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise IcpoError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
     out = write_report(
-        args.results,
+        _result_roots(args.results),
         args.output,
         max_transcripts=args.max_transcripts,
         baseline=args.baseline,

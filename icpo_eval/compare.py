@@ -13,12 +13,11 @@ an evasive sentence. The HTML report and ``train/reproduce_icpo.py`` both use th
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from icpo_eval.judges import split_sentences
+from icpo_eval.judges import states_number_in_words
 from icpo_eval.metrics import (
     Statistic,
     bootstrap_ci,
@@ -195,28 +194,6 @@ def category_shares(convs: Iterable[Conversation]) -> list[dict[str, str]]:
         row |= {cat: f"{100 * n[cat] / total:.1f}" for cat in cats}
         rows.append(row)
     return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Judge audit: quantities stated in words
-
-_SPELLED = re.compile(
-    r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|"
-    r"fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|"
-    r"seventy|eighty|ninety|hundred|thousand)\b",
-    re.I,
-)
-
-
-def states_number_in_words(text: str) -> bool:
-    """A reply without a digit or a question whose last sentence holds a number word ("Two
-    dollars.", "Omar has two marbles."). The rule judge reads only digits, so such a reply
-    counts as a non-answer although it may commit to a quantity: a policy trained against the
-    rule judge can learn it. This flags them for an audit; it does not judge them."""
-    if re.search(r"\d", text) or "?" in text:
-        return False
-    sents = split_sentences(text)
-    return bool(sents) and bool(_SPELLED.search(sents[-1]))
 
 
 def strict_non_answer_rate(convs: Iterable[Conversation]) -> float | None:

@@ -135,7 +135,7 @@ class ConversationState:
             detail=v.detail,
             reward=v.reward,
             truncated=gen.truncated,
-            judge=v.judge or self.judge.name,
+            judge=v.judge,
             latency_s=gen.latency_s,
             tokens_in=gen.tokens_in,
             tokens_out=gen.tokens_out,

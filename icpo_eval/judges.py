@@ -39,21 +39,22 @@ the ICPO reward never counts a truncated reply as a non-answer, so that a policy
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, get_family
+from icpo_eval.families.text import NUMBER_PATTERN, numbers, split_sentences
+from icpo_eval.models.base import Messages
 from icpo_eval.prompting import first_json_object, render_prompt
 from icpo_eval.records import CATEGORIES, NON_ANSWERS, Instruction
 
 if TYPE_CHECKING:
     from icpo_eval.models.api import ApiSettings
 
-Messages = list[dict[str, str]]
 
-_NUM = r"-?\$?\d[\d,]*(?:\.\d+)?"
-_NUM_RE = re.compile(r"(?<![\w.])-?\$?(\d[\d,]*(?:\.\d+)?)")
+_NUM = NUMBER_PATTERN
 
 # An explicit final answer: a marker followed, within its sentence, by a number; or code.
 _EXPLICIT_ANSWER = [
@@ -118,15 +119,6 @@ _CLARIFICATION_MAX_WORDS = 100
 _REFUSAL_MAX_WORDS = 80
 
 
-def split_sentences(text: str) -> list[str]:
-    parts = re.split(r"(?<=[.?!])\s+|\n+", text)
-    return [p.strip(" \t*-#>") for p in parts if p.strip(" \t*-#>")]
-
-
-def _numbers(text: str) -> list[str]:
-    return [m.group(1).replace(",", "").rstrip(".") for m in _NUM_RE.finditer(text)]
-
-
 def _user_questions(text: str) -> list[str]:
     """Questions and requests addressed to the user (rhetorical steps and closings excluded)."""
     sents = split_sentences(_QUOTED.sub('""', text))
@@ -141,7 +133,7 @@ def _user_questions(text: str) -> list[str]:
             continue  # "What is 3 + 5 = 8." is working, not a request
         # A question answered right after it in the reply is a rhetorical step of the working.
         nxt = sents[i + 1] if i + 1 < len(sents) else ""
-        if is_question and nxt and (_SELF_ANSWER.match(nxt) or ("=" in nxt and _numbers(nxt))):
+        if is_question and nxt and (_SELF_ANSWER.match(nxt) or ("=" in nxt and numbers(nxt))):
             continue
         asked.append(s)
     return asked
@@ -166,7 +158,7 @@ def _commits_to_new_number(sentence: str, known: set[str]) -> bool:
     """A statement (not a question) giving a number that the user never mentioned."""
     if "?" in sentence:
         return False
-    return any(n not in known for n in _numbers(sentence))
+    return any(n not in known for n in numbers(sentence))
 
 
 def _asked_unit(question: str) -> str | None:
@@ -181,7 +173,7 @@ def _asked_unit(question: str) -> str | None:
 
 def _states_asked_quantity(sentence: str, unit: str | None) -> bool:
     """ "Noah has 10 brownies." after "How many brownies ...?": a number of the asked thing."""
-    if unit is None or "?" in sentence or not _numbers(sentence):
+    if unit is None or "?" in sentence or not numbers(sentence):
         return False
     if unit == "$":
         return "$" in sentence or re.search(r"\bdollars?\b", sentence, re.I) is not None
@@ -215,7 +207,7 @@ def rule_classify(response: str, context: str = "", question: str = "") -> str:
         return "clarification" if words <= _CLARIFICATION_MAX_WORDS else "discussion"
     if _REFUSE.search(text) and words <= _REFUSAL_MAX_WORDS:
         return "refuse"
-    known = set(_numbers(context))
+    known = set(numbers(context))
     sents = [s for s in split_sentences(text) if not _CLOSING.search(s)]
     if sents and _commits_to_new_number(sents[-1], known):
         return "answer_attempt"
@@ -229,29 +221,56 @@ def rule_classify(response: str, context: str = "", question: str = "") -> str:
     return "discussion"
 
 
+@dataclass(frozen=True)
+class Decision:
+    """A judge's category for one reply, and who decided it: the judge asked, or the judge it
+    fell back to (an LLM judge whose answers named no category falls back to the rule judge)."""
+
+    category: str
+    judge: str
+
+
 class TurnJudge(Protocol):
     name: str
 
-    def classify(self, inst: Instruction, response: str, history: Messages) -> str: ...
+    def decide(
+        self, inst: Instruction, family: Family, response: str, history: Messages
+    ) -> Decision: ...
 
 
-class RuleJudge:
+class _Judge:
+    """What every judge shares: :meth:`classify`, the category alone, for callers outside the
+    conversation loop (tests, audits) that have the instruction but not its family."""
+
+    name: str
+
+    def decide(
+        self, inst: Instruction, family: Family, response: str, history: Messages
+    ) -> Decision:
+        raise NotImplementedError
+
+    def classify(self, inst: Instruction, response: str, history: Messages) -> str:
+        return self.decide(inst, get_family(inst.task), response, history).category
+
+
+class RuleJudge(_Judge):
     """The offline default judge: :func:`rule_classify`, given what the user said so far."""
 
     name = "rule"
 
-    def classify(self, inst: Instruction, response: str, history: Messages) -> str:
+    def decide(
+        self, inst: Instruction, family: Family, response: str, history: Messages
+    ) -> Decision:
         users = [m["content"] for m in history if m["role"] == "user"]
         category = rule_classify(response, "\n".join(users), users[0] if users else "")
-        if category in ("answer_attempt", "hedge", "missing"):
-            return category
-        family = get_family(inst.task)
-        if family.answer_by_extraction and family.extract(inst, response) is not None:
-            return "answer_attempt"
-        return category
+        if category not in ("answer_attempt", "hedge", "missing") and (
+            family.answer_by_extraction and family.extract(inst, response) is not None
+        ):
+            category = "answer_attempt"
+        return Decision(category, self.name)
 
 
-class LLMJudge:
+class LLMJudge(_Judge):
     """``llm:<model>``: the taxonomy asked of an LLM (``prompts/judge_llm.j2``, JSON output).
 
     Greedy and sample 0, so the same reply in the same context always gets the same call (and
@@ -279,17 +298,13 @@ class LLMJudge:
         self.client = ApiClient(model, api)
         self.rule = RuleJudge()
 
-    def classify(self, inst: Instruction, response: str, history: Messages) -> str:
-        return self.classify_with_source(inst, response, history)[0]
-
-    def classify_with_source(
-        self, inst: Instruction, response: str, history: Messages
-    ) -> tuple[str, str]:
-        """(category, which judge decided it)."""
+    def decide(
+        self, inst: Instruction, family: Family, response: str, history: Messages
+    ) -> Decision:
         from icpo_eval.models.base import GenParams
 
         if not (response or "").strip():
-            return "missing", self.name
+            return Decision("missing", self.name)
         prompt = render_prompt(self.template, history=history, response=response)
         messages = [{"role": "user", "content": prompt}]
         params = GenParams(0.0, 1.0, self.max_tokens)
@@ -297,8 +312,9 @@ class LLMJudge:
             gen = self.client.complete(messages, params, "judge", attempt)
             category = parse_judge_reply(gen.text)
             if category is not None:
-                return category, self.name
-        return self.rule.classify(inst, response, history), f"rule (fallback from {self.name})"
+                return Decision(category, self.name)
+        fallback = self.rule.decide(inst, family, response, history)
+        return Decision(fallback.category, f"rule (fallback from {self.name})")
 
 
 def parse_judge_reply(text: str) -> str | None:
@@ -310,13 +326,47 @@ def parse_judge_reply(text: str) -> str | None:
     return None
 
 
+#: Judge kinds by name: ``KIND`` or ``KIND:ARGUMENT`` on the command line. A factory gets the
+#: argument ("" when there is none) and how API calls travel.
+JudgeFactory = Callable[[str, "ApiSettings | None"], TurnJudge]
+_JUDGES: dict[str, JudgeFactory] = {}
+_JUDGE_USAGE: dict[str, str] = {}
+
+
+def register_judge(kind: str, usage: str) -> Callable[[JudgeFactory], JudgeFactory]:
+    """Decorator: make a judge factory available as ``--judge KIND[:ARG]``."""
+
+    def add(factory: JudgeFactory) -> JudgeFactory:
+        _JUDGES[kind] = factory
+        _JUDGE_USAGE[kind] = usage
+        return factory
+
+    return add
+
+
+@register_judge("rule", "rule")
+def _rule_judge(arg: str, api: ApiSettings | None) -> TurnJudge:
+    return RuleJudge() if not arg else _unknown_judge(f"rule:{arg}")
+
+
+@register_judge("llm", "llm:MODEL")
+def _llm_judge(arg: str, api: ApiSettings | None) -> TurnJudge:
+    return LLMJudge(arg, api) if arg else _unknown_judge("llm:")
+
+
+def _unknown_judge(name: str) -> NoReturn:
+    usage = " or ".join(_JUDGE_USAGE.values())
+    raise IcpoError(f"unknown judge {name!r} (use {usage})")
+
+
 def get_judge(name: str, api: ApiSettings | None = None) -> TurnJudge:
-    """``rule`` or ``llm:<model>`` (``api``: how the LLM judge's calls travel)."""
-    if name == "rule":
-        return RuleJudge()
-    if name.startswith("llm:") and len(name) > 4:
-        return LLMJudge(name[4:], api)
-    raise IcpoError(f"unknown judge {name!r} (use rule or llm:MODEL)")
+    """The judge named ``KIND[:ARG]`` (``rule``, ``llm:<model>``); ``api``: how an LLM judge's
+    calls travel."""
+    kind, _, arg = name.partition(":")
+    factory = _JUDGES.get(kind)
+    if factory is None:
+        return _unknown_judge(name)
+    return factory(arg, api)
 
 
 def agreement(a: list[str], b: list[str]) -> dict[str, float | int]:
@@ -342,7 +392,7 @@ class Verdict:
     score: float | None  # evaluator's score (answer attempts only)
     detail: dict[str, Any] | None  # evaluator's details (answer attempts only)
     reward: float  # ICPO reward
-    judge: str | None = None  # which judge decided the category (None: the one asked)
+    judge: str  # which judge decided the category
 
 
 def judge_reply(
@@ -359,17 +409,14 @@ def judge_reply(
     The conversation loop and the ICPO trainer's reward function both call this, so that the
     reward a policy is trained on is exactly the one the harness measures.
     """
-    decided_by = None
-    if hasattr(judge, "classify_with_source"):  # an LLM judge may fall back to the rule judge
-        category, decided_by = judge.classify_with_source(inst, response, history)
-    else:
-        category = judge.classify(inst, response, history)
+    decision = judge.decide(inst, family, response, history)
+    category = decision.category
     answer = score = detail = None
     if category == "answer_attempt":
         answer = family.extract(inst, response)
         score, detail = family.grade(inst, answer)
     reward = icpo_reward(fully_specified, category, score, truncated)
-    return Verdict(category, answer, score, detail, reward, decided_by)
+    return Verdict(category, answer, score, detail, reward, decision.judge)
 
 
 def icpo_reward(
@@ -386,3 +433,25 @@ def icpo_reward(
     if truncated:
         return 0.0
     return 1.0 if category in NON_ANSWERS else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Judge audit: quantities stated in words (the report and train/reproduce_icpo.py flag them)
+
+_SPELLED = re.compile(
+    r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|"
+    r"fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|"
+    r"seventy|eighty|ninety|hundred|thousand)\b",
+    re.I,
+)
+
+
+def states_number_in_words(text: str) -> bool:
+    """A reply without a digit or a question whose last sentence holds a number word ("Two
+    dollars.", "Omar has two marbles."). The rule judge reads only digits, so such a reply
+    counts as a non-answer although it may commit to a quantity: a policy trained against the
+    rule judge can learn it. This flags them for an audit; it does not judge them."""
+    if re.search(r"\d", text) or "?" in text:
+        return False
+    sents = split_sentences(text)
+    return bool(sents) and bool(_SPELLED.search(sents[-1]))

@@ -56,6 +56,31 @@ def find_runs(root: str | Path) -> list[Path]:
     return runs
 
 
+#: Where ``icpo-eval run`` writes by default; the project's committed reference runs live in its
+#: ``reference/`` folder.
+RESULTS_DIR = Path("results")
+REFERENCE = "reference"
+
+
+def user_runs(results: str | Path = RESULTS_DIR) -> list[Path]:
+    """The runs under ``results`` other than the committed reference runs (``results/reference/``).
+
+    ``icpo-eval leaderboard`` and ``icpo-eval report`` read these when no folder is named, so
+    that a user's own runs never meet the project's: the same model on the same tasks makes the
+    same conversation ids, which the leaderboard refuses to count twice. Reference runs are read
+    when named (``icpo-eval leaderboard results/reference``).
+    """
+    root = Path(results)
+    reference = root / REFERENCE
+    runs = [r for r in find_runs(root) if not r.is_relative_to(reference)]
+    if not runs:
+        raise IcpoError(
+            f"no runs of yours under {root} (the reference runs in {reference} are read only "
+            f"when named: icpo-eval leaderboard {reference})"
+        )
+    return runs
+
+
 #: Run settings that must agree before two runs' conversations are scored together.
 SETTINGS = ("temperature", "top_p", "max_new_tokens", "max_turns", "simulator", "judge", "version")
 
@@ -141,3 +166,30 @@ def build(roots: Sequence[str | Path]) -> pd.DataFrame:
 
 def _joined(values: Iterable[object]) -> str:
     return "+".join(sorted({str(v) for v in values}))
+
+
+def summary_table(convs: list[Conversation]) -> str:
+    """A short plain-text table: one line per (family, mode); ``icpo-eval run`` prints it."""
+    groups: dict[tuple[str, str], list[Conversation]] = defaultdict(list)
+    for c in convs:
+        groups[(c.family, c.mode)].append(c)
+    lines = [
+        f"{'family':<10} {'mode':<8} {'convs':>5} {'failed':>6} {'P':>6} {'A90':>6} "
+        f"{'U90-10':>6} {'premature':>9} {'overclar':>8}"
+    ]
+    for (family, mode), group in sorted(groups.items()):
+        r = summary_row(group)
+        lines.append(
+            f"{family:<10} {mode:<8} {r['n_conversations']:>5} {r['failed']:>6} {_f(r['P']):>6} "
+            f"{_f(r['A90']):>6} {_f(r['U90_10']):>6} {_pct(r['premature_answer_rate']):>9} "
+            f"{_pct(r['over_clarification_rate']):>8}"
+        )
+    return "\n".join(lines)
+
+
+def _f(x: float | int | None) -> str:
+    return "-" if x is None else f"{float(x):.1f}"
+
+
+def _pct(x: float | int | None) -> str:
+    return "-" if x is None else f"{100 * float(x):.0f}%"

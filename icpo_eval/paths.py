@@ -1,15 +1,28 @@
-"""Where icpo-eval finds its bundled folders and keeps its caches."""
+"""Where icpo-eval finds its bundled folders and keeps its caches.
+
+``tasks/``, ``prompts/`` and ``simulators/`` are folders users read and edit, so the repository
+keeps them at its top level, beside the package. The built wheel carries copies inside the
+package, at ``icpo_eval/_data/<folder>`` (``setup.py`` puts them there), so that an installed
+icpo-eval works from any folder. An editable install or a plain checkout reads them in place.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-#: The project root: the folder holding tasks/, prompts/, simulators/ next to the package.
-ROOT = Path(__file__).resolve().parent.parent
-TASKS_DIR = ROOT / "tasks"
-PROMPTS_DIR = ROOT / "prompts"
-SIMULATORS_DIR = ROOT / "simulators"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def bundled_dir(name: str) -> Path:
+    """The bundled folder ``name``: inside the installed package, else beside it (a checkout)."""
+    installed = PACKAGE_DIR / "_data" / name
+    return installed if installed.is_dir() else PACKAGE_DIR.parent / name
+
+
+TASKS_DIR = bundled_dir("tasks")
+PROMPTS_DIR = bundled_dir("prompts")
+SIMULATORS_DIR = bundled_dir("simulators")
 
 
 def cache_dir() -> Path:

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from icpo_eval.errors import IcpoError
 
@@ -114,8 +114,28 @@ class Instruction:
         )
 
 
+class _Json:
+    """JSON round-trip of a record dataclass: ``to_dict`` is every field; ``from_dict`` keeps
+    the fields the class knows (a record written by another version may carry more)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def known_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return {k: v for k, v in d.items() if k in names}
+
+    @classmethod
+    def from_dict(cls: type[_R], d: dict[str, Any]) -> _R:
+        return cls(**cls.known_fields(d))
+
+
+_R = TypeVar("_R", bound=_Json)
+
+
 @dataclass
-class Turn:
+class Turn(_Json):
     """One message of a conversation, with everything the judges said about it."""
 
     index: int
@@ -142,17 +162,9 @@ class Turn:
     #: ``{"passed": 3, "total": 4}`` for code. JSON-serialisable; None when it had nothing to add.
     detail: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Turn:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 @dataclass
-class Conversation:
+class Conversation(_Json):
     conversation_id: str
     run_id: str
     task_id: str
@@ -180,19 +192,15 @@ class Conversation:
     def assistant_turns(self) -> list[Turn]:
         return [t for t in self.turns if t.role == "assistant"]
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Conversation:
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names}
+        kwargs = cls.known_fields(d)
         kwargs["turns"] = [Turn.from_dict(t) for t in d.get("turns", [])]
         return cls(**kwargs)
 
 
 @dataclass
-class RunSpec:
+class RunSpec(_Json):
     """Everything that determines a run. Written to ``run.json``; a resumed run must match."""
 
     model: str
@@ -236,13 +244,34 @@ class RunSpec:
         "max_new_tokens",
     )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def check(self, model: bool = True) -> None:
+        """Refuse a spec that cannot run, with one line naming the setting, before any work.
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        ``model=False`` leaves the model string alone: a caller that hands the runner its own
+        backend names the model as it likes.
+        """
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise IcpoError(
+                f"unknown mode(s) {', '.join(bad) or '(none)'} (known: {', '.join(MODES)})"
+            )
+        for name in ("runs", "max_turns", "max_new_tokens", "batch_size", "concurrency"):
+            if getattr(self, name) < 1:
+                raise IcpoError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise IcpoError("--limit must be at least 1")
+        if not 0.0 <= self.temperature <= 5.0:
+            raise IcpoError(f"--temperature must be between 0 and 5, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise IcpoError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.timeout <= 0 or self.retry_wait < 0:
+            raise IcpoError("--timeout must be above 0 and --retry-wait at least 0")
+        if self.max_attempts < 1:
+            raise IcpoError("--max-attempts must be at least 1")
+        if model:
+            from icpo_eval.models import check_model_name
+
+            check_model_name(self.model)
 
 
 def conversation_id(task_id: str, mode: str, run_index: int, model: str) -> str:

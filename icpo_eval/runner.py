@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from icpo_eval import __version__
 from icpo_eval.conversation import ConversationState
-from icpo_eval.errors import IcpoError
 from icpo_eval.families import get_family
 from icpo_eval.judges import get_judge
-from icpo_eval.metrics import summary_row
-from icpo_eval.models import Backend, GenParams, check_model_name, load_backend
+from icpo_eval.models import Backend, GenParams, load_backend
 from icpo_eval.models.base import Generation, Request, StreamingBackend
 from icpo_eval.records import (
-    MODES,
     Conversation,
     Instruction,
     RunSpec,
@@ -65,11 +61,6 @@ class RunResult:
 
 def plan(spec: RunSpec) -> list[tuple[str, Instruction, str, int]]:
     """Every (conversation id, instruction, mode, run index) the spec asks for."""
-    bad = [m for m in spec.modes if m not in MODES]
-    if bad:
-        raise IcpoError(f"unknown mode(s) {', '.join(bad)} (known: {', '.join(MODES)})")
-    if spec.runs < 1:
-        raise IcpoError("--runs must be at least 1")
     instructions = load_tasks(spec.tasks, spec.limit)
     return [
         (conversation_id(inst.task_id, mode, r, spec.model), inst, mode, r)
@@ -97,10 +88,7 @@ def api_settings(spec: RunSpec, bases: list[str]) -> ApiSettings:
 def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) -> RunResult:
     """Run (or resume) every conversation of ``spec``; returns what this call wrote."""
     spec.version = __version__
-    if backend is None:
-        check_model_name(spec.model)  # fail fast, before tasks are read
-    if spec.concurrency < 1:
-        raise IcpoError("--concurrency must be at least 1")
+    spec.check(model=backend is None)  # fail fast, before tasks are read
     simulator = get_simulator(spec.simulator, api_settings(spec, spec.simulator_api_base))
     judge = get_judge(spec.judge, api_settings(spec, spec.judge_api_base))
     todo = plan(spec)
@@ -140,9 +128,7 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
         store.close()
         return result
     if backend is None:
-        from icpo_eval.models import is_api_model
-
-        api = api_settings(spec, spec.api_base) if is_api_model(spec.model) else None
+        api = api_settings(spec, spec.api_base)
         backend = load_backend(spec.model, batch_size=spec.batch_size, api=api)
     params = GenParams(spec.temperature, spec.top_p, spec.max_new_tokens)
     bar = _progress(len(states), progress)
@@ -212,30 +198,3 @@ def _progress(total: int, enabled: bool) -> Any:
         file=sys.stderr,
         dynamic_ncols=True,
     )
-
-
-def summary_table(convs: list[Conversation]) -> str:
-    """A short plain-text table: one line per (family, mode)."""
-    groups: dict[tuple[str, str], list[Conversation]] = defaultdict(list)
-    for c in convs:
-        groups[(c.family, c.mode)].append(c)
-    lines = [
-        f"{'family':<10} {'mode':<8} {'convs':>5} {'failed':>6} {'P':>6} {'A90':>6} "
-        f"{'U90-10':>6} {'premature':>9} {'overclar':>8}"
-    ]
-    for (family, mode), group in sorted(groups.items()):
-        r = summary_row(group)
-        lines.append(
-            f"{family:<10} {mode:<8} {r['n_conversations']:>5} {r['failed']:>6} {_f(r['P']):>6} "
-            f"{_f(r['A90']):>6} {_f(r['U90_10']):>6} {_pct(r['premature_answer_rate']):>9} "
-            f"{_pct(r['over_clarification_rate']):>8}"
-        )
-    return "\n".join(lines)
-
-
-def _f(x: float | int | None) -> str:
-    return "-" if x is None else f"{float(x):.1f}"
-
-
-def _pct(x: float | int | None) -> str:
-    return "-" if x is None else f"{100 * float(x):.0f}%"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -245,34 +246,63 @@ def load_profile(name: str) -> dict[str, Any] | None:
     return data
 
 
+#: Simulator strategies by name: what a profile's ``strategy`` (or ``--simulator KIND[:MODEL]``)
+#: selects. A factory gets the profile (a mapping; ``name`` always set) and how API calls travel.
+SimulatorFactory = Callable[[dict[str, Any], "ApiSettings | None"], Simulator]
+_STRATEGIES: dict[str, SimulatorFactory] = {}
+
+
+def register_strategy(name: str) -> Callable[[SimulatorFactory], SimulatorFactory]:
+    """Decorator: make a simulator factory available as a profile ``strategy``."""
+
+    def add(factory: SimulatorFactory) -> SimulatorFactory:
+        _STRATEGIES[name] = factory
+        return factory
+
+    return add
+
+
+@register_strategy("rule")
+def _rule_simulator(profile: dict[str, Any], api: ApiSettings | None) -> Simulator:
+    return RuleSimulator()
+
+
+@register_strategy("llm")
+def _llm_simulator(profile: dict[str, Any], api: ApiSettings | None) -> Simulator:
+    name = profile["name"]
+    if not profile.get("model"):
+        raise IcpoError(f"simulator profile {name!r}: strategy llm needs a model")
+    return LLMSimulator(
+        str(profile["model"]),
+        api,
+        name=name,
+        temperature=float(profile.get("temperature", 0.0)),
+        max_tokens=int(profile.get("max_tokens", 300)),
+        template=str(profile.get("template", "simulator_llm.j2")),
+        retries=int(profile.get("retries", 2)),
+    )
+
+
 def get_simulator(name: str, api: ApiSettings | None = None) -> Simulator:
     """``rule``, ``llm:MODEL``, or the name of a profile in ``simulators/`` (or a YAML path).
 
-    ``api`` says how the LLM simulator's calls travel (api base, concurrency, cache, retries).
+    The first two are profiles written inline (``{"strategy": "rule"}``, ``{"strategy": "llm",
+    "model": MODEL}``); every profile then goes through its strategy's factory. ``api`` says how
+    the LLM simulator's calls travel (api base, concurrency, cache, retries).
     """
     if name == "rule":
-        return RuleSimulator()
-    if name.startswith("llm:") and len(name) > 4:
-        return LLMSimulator(name[4:], api)
-    profile = load_profile(name)
+        profile: dict[str, Any] | None = {"strategy": "rule"}
+    elif name.startswith("llm:") and len(name) > 4:
+        profile = {"strategy": "llm", "model": name[4:], "name": name}
+    else:
+        profile = load_profile(name)
     if profile is None:
         known = sorted(p.stem for p in SIMULATORS_DIR.glob("*.yaml"))
         raise IcpoError(
             f"unknown simulator {name!r} (use rule, llm:MODEL or a profile: {', '.join(known)})"
         )
     strategy = profile.get("strategy", "rule")
-    if strategy == "rule":
-        return RuleSimulator()
-    if strategy != "llm":
+    factory = _STRATEGIES.get(strategy) if isinstance(strategy, str) else None
+    if factory is None:
         raise IcpoError(f"simulator profile {name!r}: unknown strategy {strategy!r}")
-    if not profile.get("model"):
-        raise IcpoError(f"simulator profile {name!r}: strategy llm needs a model")
-    return LLMSimulator(
-        str(profile["model"]),
-        api,
-        name=str(profile.get("name") or name),
-        temperature=float(profile.get("temperature", 0.0)),
-        max_tokens=int(profile.get("max_tokens", 300)),
-        template=str(profile.get("template", "simulator_llm.j2")),
-        retries=int(profile.get("retries", 2)),
-    )
+    return factory({**profile, "name": str(profile.get("name") or name)}, api)

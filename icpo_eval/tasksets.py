@@ -3,7 +3,7 @@
 A value is a comma-separated list of sources:
 
 - a family name (``math``): the committed set ``tasks/<family>.jsonl``;
-- ``lic:FILE``: a Lost-in-Conversation JSON array (see :mod:`icpo_eval.families.lic`);
+- ``lic:FILE``: a Lost-in-Conversation JSON array (see :func:`load_lic`);
 - a path to a ``.jsonl`` file of instructions in the LiC layout, one per line;
 - ``hf:NAME[:SPLIT]``: LiC-format records through Hugging Face ``datasets`` (see
   :func:`load_hf`): a hub id (offline only when cached), a folder written by ``save_to_disk``,
@@ -21,7 +21,6 @@ from typing import Any
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import family_names, get_family
-from icpo_eval.families.lic import load_lic
 from icpo_eval.paths import TASKS_DIR
 from icpo_eval.records import Instruction
 
@@ -40,6 +39,35 @@ def read_jsonl(path: str | Path) -> list[Instruction]:
             except json.JSONDecodeError as e:
                 raise IcpoError(f"{p}:{lineno}: malformed JSON ({e.msg})") from None
             out.append(Instruction.from_dict(rec, where=f"{p}:{lineno}"))
+    return out
+
+
+def load_lic(path: str | Path) -> list[Instruction]:
+    """Lost-in-Conversation data (Laban et al. 2025): one JSON array of records.
+
+    ``{"task_id", "task", "shards": [{"shard_id", "shard"}], ...}``; math records also carry
+    ``question`` and a GSM8K-style ``answer`` whose last line is ``#### N``. Every LiC shard
+    counts as required (there is no ``required_shards`` field), which :class:`Instruction`
+    expresses as ``required_shards=None``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise IcpoError(f"LiC file not found: {p}")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise IcpoError(f"{p}: malformed JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise IcpoError(f"{p}: not UTF-8 text") from None
+    if isinstance(data, dict):  # tolerate {"instructions": [...]} or a single record
+        data = data.get("instructions", [data])
+    if not isinstance(data, list):
+        raise IcpoError(f"{p}: expected a JSON array of LiC records")
+    out = []
+    for i, rec in enumerate(data):
+        inst = Instruction.from_dict(rec, where=f"{p} record {i}")
+        inst.required_shards = None
+        out.append(inst)
     return out
 
 

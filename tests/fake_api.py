@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from icpo_eval.fake_server import FakeServer
 from icpo_eval.records import RunSpec
 from icpo_eval.tasksets import write_jsonl
+from icpo_eval.testing.fake_server import FakeServer
 from tests.conftest import make_math
 
 

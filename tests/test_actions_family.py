@@ -13,13 +13,13 @@ import pytest
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import get_family
 from icpo_eval.families.actions import (
-    CATALOGUE,
     ActionsFamily,
     Call,
     match_calls,
     parse_calls,
     value_matches,
 )
+from icpo_eval.families.actions_catalogue import CATALOGUE
 from icpo_eval.records import Instruction, Shard
 from icpo_eval.tasksets import read_jsonl
 
@@ -242,7 +242,7 @@ def _lic_actions() -> dict:
 
 
 def test_lic_record(family: ActionsFamily, tmp_path: Path) -> None:
-    from icpo_eval.families.lic import load_lic
+    from icpo_eval.tasksets import load_lic
 
     path = tmp_path / "lic.json"
     path.write_text(json.dumps([_lic_actions()]))

@@ -14,12 +14,13 @@ import pytest
 
 from icpo_eval.cli import main
 from icpo_eval.errors import IcpoError
-from icpo_eval.fake_server import FakeServer
 from icpo_eval.metrics import summary_row
-from icpo_eval.models.api import ApiClient, ApiSettings, is_retryable, redact
+from icpo_eval.models.api import ApiClient, ApiSettings
+from icpo_eval.models.api_errors import is_retryable, redact
 from icpo_eval.models.base import GenParams
 from icpo_eval.runner import run
 from icpo_eval.store import read_conversations
+from icpo_eval.testing.fake_server import FakeServer
 from tests.fake_api import api_cache, api_spec, fake_server, tasks_file  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent

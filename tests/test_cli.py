@@ -151,7 +151,7 @@ def test_missing_embedded_model_names_the_install_command(tmp_path, monkeypatch)
     import importlib.util
 
     from icpo_eval.errors import IcpoError
-    from icpo_eval.models import local
+    from icpo_eval.models.local import checkpoint as local
 
     real = importlib.util.find_spec
     monkeypatch.setenv("ICPO_EVAL_CACHE", str(tmp_path))  # no converted copy in this cache

@@ -14,12 +14,11 @@ import pytest
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import get_family
-from icpo_eval.families.code import (
+from icpo_eval.families.code import CodeFamily, decode_test_cases, extract_code
+from icpo_eval.families.code_make import (
     TEMPLATE_NAMES,
-    CodeFamily,
-    decode_test_cases,
-    extract_code,
     reference_source,
+    rule_values,
     run_reference,
 )
 from icpo_eval.records import Instruction, Shard
@@ -93,9 +92,7 @@ def _flips(inst: Instruction) -> list[dict]:
     for key, value in p.items():
         flipped = (not value) if isinstance(value, bool) else None
         if flipped is None:
-            from icpo_eval.families.code import _TEMPLATES_BY_KEY
-
-            values = _TEMPLATES_BY_KEY[inst.fields["template"]].rules[key][0]
+            values = rule_values(inst.fields["template"], key)
             flipped = next(v for v in values if v != value)
         out.append({**p, key: flipped})
     return out

@@ -163,7 +163,8 @@ def test_report_shows_intervals_and_refuses_an_unknown_baseline(tmp_path, capsys
 
 
 def test_number_words_audit():
-    from icpo_eval.compare import states_number_in_words, strict_non_answer_rate
+    from icpo_eval.compare import strict_non_answer_rate
+    from icpo_eval.judges import states_number_in_words
 
     assert states_number_in_words("Omar has two marbles.")
     assert states_number_in_words("I think so. Two dollars.")

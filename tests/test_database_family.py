@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -13,18 +14,10 @@ import pytest
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import get_family
-from icpo_eval.families.database import (
-    TEMPLATE_NAMES,
-    DatabaseFamily,
-    Question,
-    bundled_db_path,
-    compare_results,
-    execute_readonly,
-    extract_sql,
-    is_ordered,
-    make_questions,
-    make_shop_sql,
-)
+from icpo_eval.families.database import DatabaseFamily, bundled_db_path, extract_sql
+from icpo_eval.families.database_exec import compare_results, execute_readonly, is_ordered
+from icpo_eval.families.database_make import TEMPLATE_NAMES, Question, make_questions
+from icpo_eval.families.database_shop import make_shop_sql
 from icpo_eval.records import Instruction, Shard
 from icpo_eval.tasksets import read_jsonl
 
@@ -62,6 +55,16 @@ def test_shop_script_regenerates_byte_for_byte() -> None:
     assert (ROOT / "tasks" / "database" / "shop.sql").read_text(encoding="utf-8") == (
         make_shop_sql(0)
     )
+
+
+def test_the_schema_is_written_once_and_reaches_the_prompt(committed: list[Instruction]) -> None:
+    folder = ROOT / "tasks" / "database"
+    schema = (folder / "shop.schema.sql").read_text(encoding="utf-8")
+    assert "CREATE TABLE" not in (folder / "shop.sql").read_text(encoding="utf-8")
+    tables = re.findall(r"CREATE TABLE .*?\n\);", schema, flags=re.S)
+    assert len(tables) == 5
+    prompt = DatabaseFamily().system_prompt(committed[0])
+    assert all(t in prompt for t in tables) and "edit it here" not in prompt
 
 
 def test_committed_set_regenerates_byte_for_byte(
@@ -213,6 +216,21 @@ def test_database_is_built_once_and_rebuilt_when_the_script_changes(
         bundled_db_path("nope")
 
 
+def test_threads_building_the_database_on_a_cold_cache_all_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """API runs grade in worker threads: eight graders meeting a cold cache at once each get a
+    whole database (one temporary file per process used to be shared by its threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("ICPO_EVAL_CACHE", str(tmp_path / "cache"))
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: bundled_db_path("shop"), range(8)))
+    assert len(set(paths)) == 1
+    assert execute_readonly(paths[0], "SELECT COUNT(*) FROM customers")[0][0] > 0
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == [paths[0].name]
+
+
 @pytest.mark.parametrize(
     ("reply", "expected"),
     [
@@ -263,7 +281,7 @@ def _lic_record(db_id: str = "concert_singer") -> dict:
 def test_lic_record_with_spider_database(
     family: DatabaseFamily, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from icpo_eval.families.lic import load_lic
+    from icpo_eval.tasksets import load_lic
 
     data = tmp_path / "lic.json"
     data.write_text(json.dumps([_lic_record()]))

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from icpo_eval.models.base import GenParams  # noqa: E402
-from icpo_eval.models.local import _slot_cache, _swap_remove  # noqa: E402
+from icpo_eval.models.local.kv_store import slot_cache, swap_remove  # noqa: E402
 
 
 class Reference:
@@ -75,7 +75,7 @@ def test_slot_layer_matches_concatenation_on_real_columns(seed):
             done = set(rng.sample(range(n), rng.randint(1, n)))
             if len(done) == n:
                 continue
-            order = _swap_remove(n, done)
+            order = swap_remove(n, done)
             assert sorted(order) == sorted(set(range(n)) - done)
             start = int(ref.mask[order].any(dim=0).nonzero()[0])
             layer.keep(order, start)
@@ -106,4 +106,4 @@ def _slot_cache_layer(slots: int, max_new_tokens: int):
         intermediate_size=8,
         vocab_size=16,
     )
-    return _slot_cache(config, slots, GenParams(max_new_tokens=max_new_tokens)).layers[0]
+    return slot_cache(config, slots, GenParams(max_new_tokens=max_new_tokens)).layers[0]

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from icpo_eval.errors import IcpoError
-from icpo_eval.fake_server import FakeServer
 from icpo_eval.judges import (
     LLMJudge,
     RuleJudge,
@@ -22,6 +21,7 @@ from icpo_eval.records import Instruction, Shard
 from icpo_eval.runner import run
 from icpo_eval.simulator import LLMSimulator, get_simulator, parse_simulator_reply
 from icpo_eval.store import read_conversations
+from icpo_eval.testing.fake_server import FakeServer
 from tests.fake_api import api_cache, api_spec, fake_server, tasks_file  # noqa: F401
 
 DATA = Path(__file__).parent / "data"

@@ -10,14 +10,8 @@ import jinja2
 import pytest
 
 from icpo_eval.families import get_family
-from icpo_eval.families.math import (
-    DEFAULT_LEVEL_MIX,
-    TEMPLATE_NAMES,
-    MathFamily,
-    make_problem,
-    normalize_number,
-    reference_answer,
-)
+from icpo_eval.families.math import MathFamily, normalize_number, reference_answer
+from icpo_eval.families.math_make import DEFAULT_LEVEL_MIX, TEMPLATE_NAMES, make_problem
 from icpo_eval.records import Instruction, Shard
 
 ROOT = Path(__file__).resolve().parents[1]

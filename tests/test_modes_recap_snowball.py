@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from icpo_eval.conversation import RECAP_INTRO, SNOWBALL_INTRO
-from icpo_eval.leaderboard import build
+from icpo_eval.leaderboard import build, summary_table
 from icpo_eval.records import MODES, RunSpec
-from icpo_eval.runner import run, summary_table
+from icpo_eval.runner import run
 from icpo_eval.tasksets import write_jsonl
 from tests.conftest import make_math
 

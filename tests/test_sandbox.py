@@ -7,10 +7,12 @@ assertions, not only in the docstring of :mod:`icpo_eval.sandbox`.
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import threading
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -158,7 +160,7 @@ def test_network_connection_is_blocked() -> None:
         assert any(v.startswith("socket.") for v in res.violations)  # the audit hook
         # Without the hook, the network namespace alone (where the kernel grants one) stops it.
         if sandbox.isolation()["netns"]:
-            bare = sandbox._run(
+            bare = sandbox.run_job(
                 {"mode": "calls", "code": code, "func_name": "f", "calls": [[port]]},
                 1,
                 FAST,
@@ -344,3 +346,13 @@ def test_same_value_rules() -> None:
     assert sv((1, [2]), [1, [2]]) and sv(0.1 + 0.2, 0.3) and sv(2, 2.0)
     assert not sv(True, 1) and not sv(1, True) and not sv("1", 1) and not sv([1], [1, 2])
     assert sv(float("nan"), float("nan")) and sv({1, 2}, [2, 1])
+
+
+def test_child_program_is_a_module_that_does_nothing_on_import() -> None:
+    # The parent reads the file as text for `python -c`; importing it (a linter, coverage) must
+    # not run the stub, which would read sys.argv and a job file that are not there.
+    child = importlib.import_module("icpo_eval.sandbox.child")
+    source = resources.files("icpo_eval.sandbox").joinpath("child.py").read_text("utf-8")
+    assert source.isascii()  # it travels on a command line
+    assert 'if __name__ == "__main__":' in source and child.__name__ == "icpo_eval.sandbox.child"
+    _still_works()

@@ -8,9 +8,9 @@ import pytest
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import get_family
-from icpo_eval.families.lic import load_lic
 from icpo_eval.families.translation import TranslationFamily, strip_preamble
 from icpo_eval.records import Instruction
+from icpo_eval.tasksets import load_lic
 
 DATA = Path(__file__).resolve().parent / "data" / "lic_translation.json"
 

@@ -1,13 +1,19 @@
 """Task families: how to make, show, extract and grade the tasks of one kind.
 
-Each family is one module in this package that defines a :class:`Family` subclass and registers
-it with :func:`register`. The engine only talks to families through this interface, so adding a
-family never touches the conversation loop.
+Each family is one module in this package (``math.py`` ...) that grades: it defines a
+:class:`Family` subclass and registers it with :func:`register`. The tasks of a generated family
+are made by a module beside it (``math_make.py`` ..., named by :attr:`Family.maker`), loaded
+only when tasks are made (``icpo-eval tasks generate``, a training recipe's pool), never to grade;
+:mod:`icpo_eval.families.text` holds the text helpers (fenced blocks, numbers, sentences) that
+the families and the judges share. The engine only talks to families through this interface,
+so adding a family never touches the conversation loop.
 """
 
 from __future__ import annotations
 
+import importlib
 import random
+from collections.abc import Collection
 from typing import Any
 
 from icpo_eval.errors import IcpoError
@@ -26,10 +32,20 @@ class Family:
     #: the family before applying their own cues. Numeric families leave it False, because a
     #: number in a reply is as often the user's own number repeated as an answer.
     answer_by_extraction: bool = False
+    #: Module that makes this family's tasks; its ``generate(n, seed, **options)`` backs
+    #: :meth:`generate`. Imported only then, so that grading never loads the generators.
+    maker: str = ""
+    #: Fields that may hold the fully specified instruction as one text (LiC's
+    #: ``fully_specified_question``, a generated ``question``), tried in order by
+    #: :meth:`full_prompt`.
+    full_prompt_fields: tuple[str, ...] = ()
 
-    def generate(self, n: int, seed: int) -> list[Instruction]:
+    def generate(self, n: int, seed: int, **options: Any) -> list[Instruction]:
         """Make ``n`` instances; the same seed always gives the same list."""
-        raise IcpoError(f"family {self.name!r} cannot generate tasks")
+        if not self.maker:
+            raise IcpoError(f"family {self.name!r} cannot generate tasks")
+        made: list[Instruction] = importlib.import_module(self.maker).generate(n, seed, **options)
+        return made
 
     def system_prompt(self, inst: Instruction) -> str:
         """The assistant's system prompt for this instruction.
@@ -47,7 +63,12 @@ class Family:
         return {}
 
     def full_prompt(self, inst: Instruction) -> str:
-        """The original, fully specified instruction, shown in ``full`` mode."""
+        """The original, fully specified instruction, shown in ``full`` mode: the first of
+        :attr:`full_prompt_fields` that holds text, else the shards joined."""
+        for key in self.full_prompt_fields:
+            text = inst.fields.get(key)
+            if isinstance(text, str) and text.strip():
+                return text
         return " ".join(s.shard for s in inst.shards)
 
     def underspecified_variants(
@@ -72,11 +93,7 @@ class Family:
         # Alternate one-removed and two-removed variants so that both kinds appear.
         order = [c for pair in zip(singles, pairs) for c in pair]
         order += singles[len(pairs) :] + pairs[len(singles) :]
-        out = []
-        for removed in order[:n]:
-            kept = [s.shard for s in inst.shards if s.shard_id not in removed]
-            out.append((" ".join(kept), removed))
-        return out
+        return [(shards_without(inst, removed), removed) for removed in order[:n]]
 
     def extract(self, inst: Instruction, response: str) -> str | None:
         """The answer the response commits to, normalised, or None."""
@@ -93,6 +110,12 @@ class Family:
         returned) override this; the default has no details.
         """
         return self.evaluate(inst, answer), None
+
+
+def shards_without(inst: Instruction, removed: Collection[int]) -> str:
+    """The instruction's shards in order, those whose id is in ``removed`` left out, joined as
+    one paragraph (the prompt of a q* variant)."""
+    return " ".join(s.shard for s in inst.shards if s.shard_id not in removed)
 
 
 _REGISTRY: dict[str, Family] = {}

@@ -21,6 +21,7 @@ from typing import Any
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, register
+from icpo_eval.families.text import unwrap_fence
 from icpo_eval.records import Instruction
 
 __all__ = ["TranslationFamily", "bleu_score", "strip_preamble"]
@@ -34,7 +35,6 @@ _PREAMBLE_RE = re.compile(
 _LABEL_RE = re.compile(
     r"^\s*(?:\*\*)?(?:english )?translation\s*(?::\s*\*\*|\*\*\s*:|:)\s*", re.IGNORECASE
 )
-_FENCE_RE = re.compile(r"^```[^\n]*\n(.*?)\n?```\s*$", re.S)
 _SENTENCE_END_RE = re.compile(r"[.!?]+(?=\s|$)")
 
 
@@ -42,16 +42,16 @@ def strip_preamble(response: str) -> str:
     """The reply without an introducing line ("Here is the translation:"), a "Translation:"
     label, surrounding code fences or quotes."""
     text = response.strip()
-    m = _FENCE_RE.match(text)
-    if m:
-        text = m.group(1).strip()
+    body = unwrap_fence(text)
+    if body is not None:
+        text = body.strip()
     lines = text.split("\n")
     while len(lines) > 1 and (not lines[0].strip() or _PREAMBLE_RE.match(lines[0])):
         lines.pop(0)
     text = _LABEL_RE.sub("", "\n".join(lines)).strip()
-    m = _FENCE_RE.match(text)
-    if m:
-        text = m.group(1).strip()
+    body = unwrap_fence(text)
+    if body is not None:
+        text = body.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
     return text

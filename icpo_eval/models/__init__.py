@@ -22,37 +22,40 @@ __all__ = ["Backend", "Generation", "GenParams", "Messages", "load_backend", "ch
 LOCAL_MODELS = ("smollm2",)
 
 
-def check_model_name(model: str) -> None:
-    """Refuse an unknown model string before any work starts."""
-    if model.startswith("local/"):
-        if model.split("/", 1)[1] not in LOCAL_MODELS:
+def model_kind(model: str) -> str:
+    """``local``, ``hf`` or ``api``: which backend serves the model string; the one place that
+    reads it. An unknown string is refused with one line, before any work starts."""
+    provider, _, rest = model.partition("/")
+    if provider == "local":
+        if rest not in LOCAL_MODELS:
             known = ", ".join(f"local/{m}" for m in LOCAL_MODELS)
             raise IcpoError(f"unknown local model {model!r} (known: {known})")
-        return
-    if model.startswith("hf/") and len(model) > 3:
-        return
-    if is_api_model(model):
-        return
+        return "local"
+    if provider == "hf" and rest:
+        return "hf"
+    if provider and rest.strip() and provider not in ("local", "hf"):
+        return "api"
     raise IcpoError(
         f"unknown model {model!r}: use local/smollm2, hf/<checkpoint path> or a litellm "
         "provider/model string (openai/gpt-4o-mini, hosted_vllm/<id> with --api-base, ...)"
     )
 
 
-def is_api_model(model: str) -> bool:
-    """``provider/model`` where provider is neither ``local`` nor ``hf``: served by litellm."""
-    provider, _, rest = model.partition("/")
-    return bool(provider and rest.strip()) and provider not in ("local", "hf")
+def check_model_name(model: str) -> None:
+    """Refuse an unknown model string (see :func:`model_kind`)."""
+    model_kind(model)
 
 
 def load_backend(model: str, batch_size: int = 16, api: ApiSettings | None = None) -> Backend:
-    check_model_name(model)
-    if is_api_model(model):
+    """The backend for ``model``. ``api`` (how API calls travel) is used only by an API model;
+    ``batch_size`` only by a local one. A local model never imports litellm, an API model never
+    imports torch or transformers."""
+    kind = model_kind(model)
+    if kind == "api":
         from icpo_eval.models.api import ApiBackend
 
         return ApiBackend(model, api)
     from icpo_eval.models.local import LocalBackend, smollm2_checkpoint
 
-    if model == "local/smollm2":
-        return LocalBackend(model, smollm2_checkpoint(), batch_size=batch_size)
-    return LocalBackend(model, model[len("hf/") :], batch_size=batch_size)
+    path = smollm2_checkpoint() if kind == "local" else model[len("hf/") :]
+    return LocalBackend(model, path, batch_size=batch_size)

@@ -29,7 +29,8 @@ share the retries, the cache, the concurrency limit and the token accounting.
 
 Secrets: API keys come from the environment only (litellm reads the provider's variable; the
 direct transport reads ``HOSTED_VLLM_API_KEY`` / ``OPENAI_API_KEY``). They are never part of a
-cache key, a record or a log line: error messages are passed through :func:`redact`.
+cache key, a record or a log line: error messages are passed through
+:func:`~icpo_eval.models.api_errors.redact`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ import asyncio
 import atexit
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -46,18 +46,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from icpo_eval.aio import BackgroundLoop
 from icpo_eval.cache import ResponseCache, cache_key
 from icpo_eval.errors import IcpoError
+from icpo_eval.models.api_errors import HttpError, describe, is_fatal, is_retryable
 from icpo_eval.models.base import CallFailed, Generation, GenParams, Messages, Request
+
+__all__ = ["ApiBackend", "ApiClient", "ApiSettings", "run_sync"]
 
 T = TypeVar("T")
 
 TRANSPORTS = ("auto", "litellm", "direct")
 #: Providers that speak the OpenAI chat protocol at ``<api_base>/chat/completions``.
 OPENAI_COMPATIBLE = ("hosted_vllm", "openai")
-_RETRY_STATUS = frozenset({408, 409, 429})
-#: Status codes no retry can fix: the run stops instead of failing every conversation.
-_FATAL_STATUS = frozenset({401, 403, 404})
 
 
 @dataclass
@@ -76,49 +77,28 @@ class ApiSettings:
 
 
 # -- the event loop all API calls run on --------------------------------------------------------
-class _LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="icpo-api-loop", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-
-_LOOP: _LoopThread | None = None
+_LOOP: BackgroundLoop | None = None
 _LOOP_LOCK = threading.Lock()
 _CLOSERS: list[Callable[[], Awaitable[None]]] = []
 
 
-def _loop() -> _LoopThread:
+def _loop() -> BackgroundLoop:
     global _LOOP
     with _LOOP_LOCK:
         if _LOOP is None:
-            _LOOP = _LoopThread()
+            _LOOP = BackgroundLoop("icpo-api-loop")
             atexit.register(_shutdown)
         return _LOOP
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on the shared API loop and wait for it (from any other thread)."""
-    lt = _loop()
-    if threading.current_thread() is lt.thread:
-        coro.close()
-        raise RuntimeError("run_sync called from the API event loop itself (would deadlock)")
-    fut = asyncio.run_coroutine_threadsafe(coro, lt.loop)
-    try:
-        return fut.result()
-    except BaseException:
-        fut.cancel()
-        raise
+    return _loop().run(coro)
 
 
 def _shutdown() -> None:
     """Close every HTTP session on the loop that owns it, then stop the loop (at exit)."""
-    lt = _LOOP
-    if lt is None or not lt.thread.is_alive():
+    if _LOOP is None:
         return
 
     async def close_all() -> None:
@@ -127,21 +107,9 @@ def _shutdown() -> None:
                 await close()
             except Exception:
                 pass
-        # Tasks a timed-out call left behind would otherwise be destroyed pending at exit.
-        me = asyncio.current_task()
-        rest = [t for t in asyncio.all_tasks() if t is not me]
-        for t in rest:
-            t.cancel()
-        await asyncio.gather(*rest, return_exceptions=True)
 
-    try:
-        asyncio.run_coroutine_threadsafe(close_all(), lt.loop).result(timeout=5)
-    except Exception:
-        pass
-    lt.loop.call_soon_threadsafe(lt.loop.stop)
-    lt.thread.join(timeout=5)
-    if not lt.thread.is_alive():
-        lt.loop.close()
+    # Tasks a timed-out call left behind are cancelled too (BackgroundLoop.stop).
+    _LOOP.stop(close_all, timeout=5)
 
 
 _LITELLM_READY = False
@@ -170,69 +138,6 @@ def _litellm() -> Any:
         atexit.register(_shutdown)
         _LITELLM_READY = True
     return litellm
-
-
-# -- secrets ------------------------------------------------------------------------------------
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASS)$|_KEY_", re.I)
-
-
-def redact(text: str) -> str:
-    """``text`` with the value of every secret-looking environment variable replaced by ***."""
-    for name, value in os.environ.items():
-        if len(value) >= 6 and _SECRET_NAME.search(name) and value in text:
-            text = text.replace(value, "***")
-    # Bearer tokens and sk-... keys that did not come from the environment.
-    text = re.sub(r"(Bearer\s+)\S+", r"\1***", text)
-    return re.sub(r"\bsk-[A-Za-z0-9_\-]{6,}", "sk-***", text)
-
-
-# -- errors -------------------------------------------------------------------------------------
-class _HttpError(Exception):
-    def __init__(self, status: int, body: str):
-        super().__init__(f"HTTP {status}: {body[:300]}")
-        self.status_code = status
-
-
-def _status(exc: BaseException) -> int | None:
-    code = getattr(exc, "status_code", None)
-    return code if isinstance(code, int) else None
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """429, 5xx, timeouts and connection errors (litellm's classes or plain HTTP ones)."""
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, ConnectionError)):
-        return True
-    try:
-        import aiohttp
-
-        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    name = type(exc).__name__
-    if name in (
-        "RateLimitError",
-        "InternalServerError",
-        "ServiceUnavailableError",
-        "BadGatewayError",
-        "Timeout",
-        "APITimeoutError",
-        "APIConnectionError",
-    ):
-        return True
-    code = _status(exc)
-    return code is not None and (code in _RETRY_STATUS or code >= 500)
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    if type(exc).__name__ in ("AuthenticationError", "PermissionDeniedError", "NotFoundError"):
-        return True
-    return _status(exc) in _FATAL_STATUS
-
-
-def _describe(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return redact(f"{type(exc).__name__}: {msg}"[:500])
 
 
 # -- the client ---------------------------------------------------------------------------------
@@ -365,14 +270,14 @@ class ApiClient:
             last = e.last_attempt.exception()
             assert last is not None
             raise CallFailed(
-                f"{self.model}: {_describe(last)} (after {s.max_attempts} attempts)"
+                f"{self.model}: {describe(last)} (after {s.max_attempts} attempts)"
             ) from None
         except (CallFailed, IcpoError, asyncio.CancelledError):
             raise
         except Exception as e:
-            if _is_fatal(e):
-                raise IcpoError(f"{self.model}: {_describe(e)}") from None
-            raise CallFailed(f"{self.model}: {_describe(e)}") from None
+            if is_fatal(e):
+                raise IcpoError(f"{self.model}: {describe(e)}") from None
+            raise CallFailed(f"{self.model}: {describe(e)}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _call(self, messages: Messages, params: GenParams, sample: int) -> Generation:
@@ -481,7 +386,7 @@ class ApiClient:
         ) as r:
             text = await r.text()
             if r.status != 200:
-                raise _HttpError(r.status, text)
+                raise HttpError(r.status, text)
         data = json.loads(text)
         choice = data["choices"][0]
         usage = data.get("usage") or {}

@@ -19,7 +19,7 @@ many times this body was seen), so a run's faults do not depend on arrival order
 request may succeed. ``latency`` seconds are added to every reply (asynchronously: 64 requests
 in flight wait together). ``api_key``, when set, is required as a Bearer token.
 
-Run standalone: ``python -m icpo_eval.fake_server --latency 0.2`` prints its base URL;
+Run standalone: ``python -m icpo_eval.testing.fake_server --latency 0.2`` prints its base URL;
 ``GET /stats`` (next to ``/v1``) returns the request counts by role and the faults injected.
 """
 
@@ -31,12 +31,13 @@ import hashlib
 import json
 import random
 import re
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from icpo_eval.aio import BackgroundLoop
 
 FAULT_KINDS = ("429", "500", "timeout")
 _HIDDEN = re.compile(r"NOT revealed yet \(JSON\):\s*(\[.*?\])\s*\n", re.S)
@@ -144,8 +145,7 @@ class FakeServer:
         self.port = port
         self.log = ServerLog()
         self._seen: Counter[str] = Counter()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bg: BackgroundLoop | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -249,52 +249,26 @@ class FakeServer:
 
     def start(self) -> str:
         """Serve in a background thread; returns the base URL (``http://127.0.0.1:PORT/v1``)."""
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def serve() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-            try:
-                self._loop.run_until_complete(self._start())
-            except BaseException as e:  # pragma: no cover
-                errors.append(e)
-                ready.set()
-                return
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, name="fake-openai-server", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if errors:
-            raise errors[0]
+        bg = BackgroundLoop("fake-openai-server")
+        try:
+            bg.run(self._start(), timeout=10)
+        except BaseException:
+            bg.stop(timeout=10)
+            raise
+        self._bg = bg
         return self.url
 
     def stop(self) -> None:
-        if self._loop is None or self._thread is None:
+        if self._bg is None:
             return
-        loop = self._loop
 
         async def cleanup() -> None:
             if self._runner is not None:
                 await self._runner.cleanup()
-            # Handlers still hanging (injected timeouts) are cancelled, not left pending.
-            me = asyncio.current_task()
-            rest = [t for t in asyncio.all_tasks() if t is not me]
-            for t in rest:
-                t.cancel()
-            await asyncio.gather(*rest, return_exceptions=True)
 
-        try:
-            asyncio.run_coroutine_threadsafe(cleanup(), loop).result(timeout=10)
-        except Exception:  # pragma: no cover
-            pass
-        loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            loop.close()
-        self._thread = None
+        # Handlers still hanging (injected timeouts) are cancelled, not left pending.
+        self._bg.stop(cleanup, timeout=10)
+        self._bg = None
 
     def __enter__(self) -> FakeServer:
         self.start()

@@ -1,0 +1,178 @@
+"""The local transformers backend: a causal LM answering chats, with per-request seeds.
+
+:meth:`LocalBackend.stream` is continuous batching with prefix caching (:mod:`.batch`) over
+preallocated key/value slots (:mod:`.kv_store`); sampling is seeded per request
+(:mod:`.sampling`), so a reply does not depend on the batch it shared. When the model's cache
+is not a plain per-layer key/value cache (sliding windows, recurrent state), the backend falls
+back to static padded batches through ``transformers.generate``.
+
+This module imports torch and transformers only inside its methods, after checking that they
+are installed, so that a missing install is one line naming the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from icpo_eval.errors import IcpoError
+from icpo_eval.models.base import Generation, GenParams, Messages
+from icpo_eval.models.local.checkpoint import LOCAL_INSTALL, require
+
+
+class LocalBackend:
+    """A transformers causal LM answering chats in left-padded batches."""
+
+    def __init__(self, name: str, path: str | Path, batch_size: int = 16):
+        for mod in ("torch", "transformers"):
+            require(mod, LOCAL_INSTALL)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from icpo_eval.models.local.kv_store import plain_kv_cache
+
+        self.name = name
+        self.batch_size = batch_size
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.model = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=torch.bfloat16 if self.device == "cuda" else torch.float32
+            )
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise IcpoError(f"cannot load model {name!r} from {path}: {first}") from None
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise IcpoError(f"model {name!r}: its tokenizer has no chat template")
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.stop_ids = _stop_ids(self.model, self.tokenizer)
+        # transformers 5 renamed the forward argument `past_key_values` to `cache`.
+        params = inspect.signature(self.model.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._streamable = plain_kv_cache(self.model, self.cache_arg)
+
+    def generate(
+        self, requests: list[Messages], params: GenParams, seeds: list[int]
+    ) -> list[Generation]:
+        """Answer every request (continuous batching, or static batches as a fallback)."""
+        if self._streamable:
+            results: dict[int, Generation] = {}
+            self.stream(
+                [(i, m, s) for i, (m, s) in enumerate(zip(requests, seeds))],
+                params,
+                lambda i, g: results.__setitem__(i, g),
+            )
+            return [results[i] for i in range(len(requests))]
+        return self.generate_static(requests, params, seeds)
+
+    def generate_static(
+        self, requests: list[Messages], params: GenParams, seeds: list[int]
+    ) -> list[Generation]:
+        """Static padded batches through ``transformers.generate`` (sorted by length)."""
+        prompts = [
+            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+            for m in requests
+        ]
+        lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+        results: list[Generation | None] = [None] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            outs = self._generate_batch([prompts[i] for i in idx], params, [seeds[i] for i in idx])
+            for i, g in zip(idx, outs):
+                results[i] = g
+        return [g for g in results if g is not None]
+
+    def stream(
+        self,
+        requests: list[tuple[Any, Messages, int]],
+        params: GenParams,
+        on_result: Callable[[Any, Generation], tuple[Any, Messages, int] | None],
+    ) -> None:
+        """Continuous batching (:mod:`.batch`). ``requests`` are ``(key, messages, seed)``.
+
+        ``on_result(key, generation)`` is called as soon as a request ends; it may return a
+        follow-up request (a conversation's next turn), which is scheduled first so that
+        conversations finish, and get written, as early as possible.
+        """
+        if not self._streamable:
+            for key, msgs, seed in requests:
+                pending: list[tuple[Any, Messages, int]] = [(key, msgs, seed)]
+                while pending:
+                    k, m, sd = pending.pop()
+                    follow = on_result(k, self.generate([m], params, [sd])[0])
+                    if follow is not None:
+                        pending.append(follow)
+            return
+        from icpo_eval.models.local.batch import ContinuousBatch
+
+        ContinuousBatch(self, params, on_result).run(requests)
+
+    def encode(self, messages: Messages) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _generate_batch(
+        self, prompts: list[str], params: GenParams, seeds: list[int]
+    ) -> list[Generation]:
+        import torch
+        from transformers import LogitsProcessorList
+
+        from icpo_eval.models.local.sampling import GumbelSampler, seeded
+
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        processors = LogitsProcessorList()
+        if params.temperature > 0:
+            generators = [seeded(seed, self.device) for seed in seeds]
+            processors.append(GumbelSampler(generators, params.temperature, params.top_p))
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=params.max_new_tokens,
+                do_sample=False,
+                logits_processor=processors,
+                eos_token_id=self.stop_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        latency = time.perf_counter() - t0
+        new = out[:, enc["input_ids"].shape[1] :].tolist()
+        tokens_in = enc["attention_mask"].sum(dim=1).tolist()
+        return [self.to_generation(row, int(n), latency) for row, n in zip(new, tokens_in)]
+
+    def to_generation(self, tokens: list[int], tokens_in: int, latency: float) -> Generation:
+        """A reply from its generated ids: cut at the first stop token (kept in the count)."""
+        stop_at = next((j for j, t in enumerate(tokens) if t in self.stop_ids), None)
+        kept = tokens if stop_at is None else tokens[:stop_at]
+        return Generation(
+            text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+            tokens_in=tokens_in,
+            tokens_out=len(kept) + (0 if stop_at is None else 1),
+            truncated=stop_at is None,
+            latency_s=round(latency, 4),
+        )
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The model's end-of-sequence ids: its generation config's and its tokenizer's."""
+    ids: set[int] = set()
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, list):
+        ids.update(eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)

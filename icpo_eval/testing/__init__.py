@@ -1,0 +1,2 @@
+"""Test support shipped with the engine: :mod:`.fake_server`, a local OpenAI-compatible server
+with deterministic replies and injected faults (tests and benchmarks run against it)."""
