@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=_positive_int, default=16)
     r.add_argument("--out", default=None, help="run directory (default results/<model>)")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument(
+        "--allow-train-overlap",
+        action="store_true",
+        help="evaluate an ICPO checkpoint on instructions it was trained on (refused otherwise)",
+    )
     api = r.add_argument_group("API models, LLM simulator and LLM judge (litellm)")
     api.add_argument(
         "--concurrency", type=_positive_int, default=8, help="API requests in flight (each role)"
@@ -108,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", default="jsonl", choices=["jsonl", "hf", "verl"])
     ex.add_argument("--augment", action="store_true", help="add full and q* prompts per task")
     ex.add_argument("--tasks", default=None, help="task set the run used (default: run.json's)")
+    ex.add_argument(
+        "--recipe",
+        default=None,
+        help="verl only: the recipe YAML whose selection keys (sources, underspecified_share, "
+        "max_prompt_tokens, max_prompts, seed) pick the rows, as the TRL trainer would "
+        "(default: a recipe's defaults)",
+    )
     ex.add_argument("-o", "--output", required=True, help="output directory (new or empty)")
 
     tr = sub.add_parser("train", help="ICPO fine-tuning (TRL GRPO) on exported reward data")
@@ -166,6 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         retry_wait=args.retry_wait,
         transport=args.transport,
+        allow_train_overlap=args.allow_train_overlap,
     )
     result = run(spec, progress=not args.no_progress)
     _, convs = load_run(out)
@@ -211,9 +224,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from icpo_eval.export import export_run
+    from icpo_eval.selection import load_selection
 
+    selection = load_selection(args.recipe) if args.recipe else None
     out, counts = export_run(
-        args.run_dir, args.output, args.format, augment=args.augment, tasks=args.tasks
+        args.run_dir,
+        args.output,
+        args.format,
+        augment=args.augment,
+        tasks=args.tasks,
+        selection=selection,
     )
     print(
         f"{counts['rows']} rows ({counts['fully_specified']} fully specified, "

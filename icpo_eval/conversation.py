@@ -136,6 +136,7 @@ class ConversationState:
             reward=v.reward,
             truncated=gen.truncated,
             judge=v.judge,
+            note=f"reward withheld: {v.withheld}" if v.withheld else None,
             latency_s=gen.latency_s,
             tokens_in=gen.tokens_in,
             tokens_out=gen.tokens_out,

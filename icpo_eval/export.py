@@ -17,7 +17,14 @@ Formats (all three read back by :func:`load_export` into the same rows):
 - ``hf``: a ``datasets`` dataset written with ``save_to_disk``;
 - ``verl``: ``train.parquet`` with verl's columns (``data_source``, ``prompt``, ``ability``,
   ``reward_model`` = ``{"style": "rule", "ground_truth": <instruction JSON>}``, ``extra_info``
-  holding the rest), for :func:`icpo_eval.verl_reward.compute_score` on a verl/Ray cluster.
+  holding the rest), for :mod:`icpo_eval.verl_reward` on a verl/Ray cluster. verl trains on
+  every row it is given, so this export holds the training prompts: the rows the TRL trainer
+  would pick (:func:`icpo_eval.selection.select_rows`: deduped, sources, balance, seed, limits),
+  with the selection keys of a recipe (``--recipe``; default: a recipe's defaults), in the
+  trainer's order. ``selection.json`` beside the parquet says with which keys, from how many
+  rows, and which row ids were picked.
+
+``jsonl`` and ``hf`` keep every row: ``icpo-eval train`` selects when it loads them.
 
 Every directory also gets ``export.json``: the format, the run it came from and row counts.
 """
@@ -33,6 +40,7 @@ from typing import Any
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import get_family
 from icpo_eval.records import Conversation, Instruction, derive_seed
+from icpo_eval.selection import Selection, select_rows
 from icpo_eval.store import load_run
 from icpo_eval.tasksets import load_tasks
 
@@ -40,6 +48,7 @@ FORMATS = ("jsonl", "hf", "verl")
 META = "export.json"
 JSONL_FILE = "rows.jsonl"
 VERL_FILE = "train.parquet"
+SELECTION_FILE = "selection.json"
 
 #: Columns of a row, in order. ``instruction`` is a JSON string so that rows of different
 #: families (whose fields differ) fit one Arrow schema.
@@ -303,15 +312,47 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def verl_rows(
+    rows: list[dict[str, Any]], selection: Selection | None = None
+) -> list[dict[str, Any]]:
+    """The rows of a verl export: the training prompts the TRL trainer would pick from ``rows``
+    with the same selection keys (default: a recipe's defaults)."""
+    sel = selection or Selection()
+    sel.check()
+    return select_rows(rows, sel, sel.token_counter())
+
+
 def export_run(
     run_dir: str | Path,
     out: str | Path,
     fmt: str,
     augment: bool = False,
     tasks: str | None = None,
+    selection: Selection | None = None,
 ) -> tuple[Path, dict[str, int]]:
+    """Export a run. A ``verl`` export holds the selected training prompts (``selection``,
+    default: a recipe's defaults) and records the selection in ``selection.json``."""
     if fmt not in FORMATS:
         raise IcpoError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
+    if selection is not None and fmt != "verl":
+        raise IcpoError(
+            f"a recipe's selection applies to --format verl only; a {fmt} export keeps every "
+            "row and icpo-eval train selects when it loads it"
+        )
     rows = build_rows(run_dir, augment=augment, tasks=tasks)
-    d = write_export(rows, out, fmt, meta={"run": str(run_dir), "augment": augment})
-    return d, _counts(rows)
+    meta: dict[str, Any] = {"run": str(run_dir), "augment": augment}
+    if fmt != "verl":
+        return write_export(rows, out, fmt, meta=meta), _counts(rows)
+    sel = selection or Selection()
+    picked = verl_rows(rows, sel)
+    meta.update(selection=sel.to_dict(), selected_from=len(rows))
+    d = write_export(picked, out, fmt, meta=meta)
+    record = {
+        "selection": sel.to_dict(),
+        "rows_in": len(rows),
+        "rows_selected": len(picked),
+        **{k: v for k, v in _counts(picked).items() if k != "rows"},
+        "row_ids": [r["row_id"] for r in picked],
+    }
+    (d / SELECTION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return d, _counts(picked)

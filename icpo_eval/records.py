@@ -156,7 +156,9 @@ class Turn(_Json):
     tokens_out: int | None = None
     cost: float | None = None
     #: User turns: how the simulator chose what to say ("next", "answered_question",
-    #: "irrelevant_question", "no_more_shards").
+    #: "irrelevant_question", "no_more_shards"). Assistant turns: why a non-answer on an
+    #: underspecified turn earned no reward ("reward withheld: too few words", see
+    #: :func:`icpo_eval.judges.withheld_reason`); None when nothing was withheld.
     note: str | None = None
     #: Assistant answer attempts: what the evaluator found beyond the score, e.g.
     #: ``{"passed": 3, "total": 4}`` for code. JSON-serialisable; None when it had nothing to add.
@@ -230,6 +232,8 @@ class RunSpec(_Json):
     max_attempts: int = 6
     retry_wait: float = 1.0
     transport: str = "auto"
+    #: Evaluate an ICPO checkpoint on instructions it was trained on (refused by default).
+    allow_train_overlap: bool = False
 
     #: Fields that change what gets generated. A resume with a different value is refused.
     IDENTITY_FIELDS = (

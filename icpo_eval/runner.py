@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from icpo_eval import __version__
 from icpo_eval.conversation import ConversationState
+from icpo_eval.errors import IcpoError
 from icpo_eval.families import get_family
 from icpo_eval.judges import get_judge
 from icpo_eval.models import Backend, GenParams, load_backend
@@ -62,12 +63,31 @@ class RunResult:
 def plan(spec: RunSpec) -> list[tuple[str, Instruction, str, int]]:
     """Every (conversation id, instruction, mode, run index) the spec asks for."""
     instructions = load_tasks(spec.tasks, spec.limit)
+    if spec.model.startswith("hf/") and not spec.allow_train_overlap:
+        check_no_training_overlap(spec.model[3:], instructions)
     return [
         (conversation_id(inst.task_id, mode, r, spec.model), inst, mode, r)
         for inst in instructions
         for mode in spec.modes
         for r in range(spec.runs)
     ]
+
+
+def check_no_training_overlap(checkpoint: str, instructions: list[Instruction]) -> None:
+    """Refuse to evaluate an ICPO checkpoint on instructions it was trained on: its figures
+    would measure memory, not behaviour (``--allow-train-overlap`` to do it anyway)."""
+    from icpo_eval.train import training_task_ids
+
+    trained = training_task_ids(checkpoint)
+    if not trained:
+        return
+    seen = [inst.task_id for inst in instructions if inst.task_id in trained]
+    if seen:
+        raise IcpoError(
+            f"{len(seen)} of {len(instructions)} instructions (first: {seen[0]}) are in the "
+            f"training data of {checkpoint}; evaluate on held-out instructions, or pass "
+            "--allow-train-overlap"
+        )
 
 
 def api_settings(spec: RunSpec, bases: list[str]) -> ApiSettings:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,6 +40,7 @@ from icpo_eval.records import NON_ANSWERS, Instruction
 
 TRL_VERSION = "1.16.0"
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+KL_ESTIMATORS = ("low_var_kl",)
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "icpo_train.json"
 
@@ -73,10 +74,23 @@ class Recipe:
     max_steps: int = 100
     #: Wall-clock budget: training stops after the step that crosses it (None: no budget).
     max_minutes: float | None = None
+    #: How token losses are aggregated (TRL ``loss_type``). ``dapo``: the mean over every active
+    #: token of the global accumulated batch, which is verl's ``loss_agg_mode: token-mean``;
+    #: ``grpo``: a mean per sequence, then over sequences (the original GRPO; length-biased).
     loss_type: str = "dapo"
     epsilon: float = 0.2  # lower clip
     epsilon_high: float | None = None  # upper clip (DAPO's clip-higher); None = epsilon
     beta: float = 0.0  # KL coefficient; > 0 loads a reference model
+    #: The KL estimator. TRL computes one, k3 = exp(ref - logp) - (ref - logp) - 1, which is
+    #: verl's ``kl_loss_type: low_var_kl`` (verl also clamps it to [-10, 10]); named here so that
+    #: a recipe says which it means.
+    kl_estimator: str = "low_var_kl"
+    #: Multiply the KL term by the importance ratio (TRL ``use_bias_correction_kl``, on by
+    #: default in TRL 1.16; DeepSeek-V3.2's unbiased KL). verl's GRPO does not: off.
+    kl_bias_correction: bool = False
+    #: With vLLM: reweight by the vLLM/trainer probability ratio (TRL
+    #: ``vllm_importance_sampling_correction``, on by default in TRL 1.16). verl's GRPO does not.
+    vllm_importance_sampling_correction: bool = False
     scale_rewards: str = "group"  # "group", "batch" or "none" (Dr. GRPO)
     num_iterations: int = 1  # policy updates per generation batch (mu)
     max_completion_length: int = 256
@@ -88,6 +102,9 @@ class Recipe:
     logging_steps: int = 1
     use_vllm: bool = False
     vllm_mode: str = "colocate"
+    #: bf16 autocast for the forward and backward passes; the weights the optimizer updates stay
+    #: fp32 whatever the launcher (DDP or ZeRO), so that small updates (lr 1e-6) are not lost
+    #: below bf16's resolution.
     bf16: bool = False
     gradient_checkpointing: bool = False
 
@@ -101,16 +118,29 @@ class Recipe:
             return self.model[3:]
         raise IcpoError(f"recipe model {self.model!r}: use local/smollm2 or hf/<checkpoint path>")
 
-    def check(self) -> None:
+    def check(self, num_processes: int | None = None) -> None:
+        """Refuse a recipe TRL would refuse or that does not mean what it says, with one line.
+
+        ``num_processes``: the processes training together (GPUs under accelerate; default: the
+        launcher's ``WORLD_SIZE``, else 1). A generation batch (``per_device_train_batch_size``
+        × processes × ``gradient_accumulation_steps`` completions) must hold whole groups of
+        ``num_generations``, as TRL requires.
+        """
+        if num_processes is None:
+            num_processes = int(os.environ.get("WORLD_SIZE") or 1)
         if self.loss_type not in LOSS_TYPES:
             raise IcpoError(f"loss_type {self.loss_type!r}: one of {', '.join(LOSS_TYPES)}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise IcpoError(
+                f"kl_estimator {self.kl_estimator!r}: TRL computes only {', '.join(KL_ESTIMATORS)}"
+            )
         if self.num_generations < 2:
             raise IcpoError("num_generations must be at least 2 (GRPO compares a group)")
-        total = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        total = self.per_device_train_batch_size * num_processes * self.gradient_accumulation_steps
         if total % self.num_generations:
             raise IcpoError(
-                f"per_device_train_batch_size × gradient_accumulation_steps ({total}) must be a "
-                f"multiple of num_generations ({self.num_generations})"
+                f"per_device_train_batch_size × processes × gradient_accumulation_steps ({total}) "
+                f"must be a multiple of num_generations ({self.num_generations})"
             )
         if self.underspecified_share is not None and not 0 < self.underspecified_share < 1:
             raise IcpoError("underspecified_share must be between 0 and 1 (exclusive) or null")
@@ -125,6 +155,17 @@ class Recipe:
         bad = [s for s in self.sources if s not in ("run", "augment")]
         if bad or not self.sources:
             raise IcpoError(f"sources must be a non-empty subset of [run, augment], got {bad}")
+
+
+def training_task_ids(checkpoint: str | Path) -> set[str] | None:
+    """The task ids an ICPO checkpoint was trained on (its ``icpo_train.json``); None for a
+    checkpoint this trainer did not write."""
+    path = Path(checkpoint) / SUMMARY_FILE
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8")).get("train_task_ids")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {str(i) for i in ids} if isinstance(ids, list) else None
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -165,16 +206,20 @@ class IcpoReward:
 
     TRL calls it with the batch's prompts and completions plus every dataset column as a list
     (``fully_specified``, ``instruction``), and ``completion_ids`` from which truncation is
-    read: a completion that used all ``max_completion_length`` tokens without an end token is
-    truncated, and a truncated reply never earns the non-answer reward.
+    read by TRL's own rule (``mask_truncated_completions``): a completion whose last token is
+    neither an end token nor padding was cut off; a truncated reply never earns the non-answer
+    reward.
+
+    The step statistics go to TRL's ``log_metric`` one value per completion, so that TRL's
+    average over the values of all processes is the pooled share over every completion of the
+    step (one value per process would average per-process means of unequal batches).
     """
 
     __name__ = "icpo"
 
-    def __init__(self, judge: str, eos_ids: list[int], max_completion_length: int):
+    def __init__(self, judge: str, eos_ids: list[int], pad_id: int | None = None):
         self.judge = get_judge(judge)
-        self.eos_ids = set(eos_ids)
-        self.max_completion_length = max_completion_length
+        self.end_ids = set(eos_ids) | ({pad_id} if pad_id is not None else set())
         self._instructions: dict[str, Instruction] = {}
         self.seconds = 0.0  # time spent in this function since the last reset
 
@@ -186,9 +231,10 @@ class IcpoReward:
         return inst
 
     def truncated(self, ids: list[int] | None) -> bool:
+        """TRL's rule: the last token is neither an end token nor padding (no ids: unknown)."""
         if not ids:
             return False
-        return len(ids) >= self.max_completion_length and ids[-1] not in self.eos_ids
+        return ids[-1] not in self.end_ids
 
     def __call__(
         self,
@@ -201,7 +247,7 @@ class IcpoReward:
         **_: Any,
     ) -> list[float]:
         start = time.perf_counter()
-        rewards, categories = [], []
+        rewards, categories, unpaid = [], [], []
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
             inst = self.instruction(instruction[i])
             text = completion[-1]["content"] if isinstance(completion, list) else completion
@@ -212,27 +258,48 @@ class IcpoReward:
             )
             rewards.append(v.reward)
             categories.append(v.category)
+            unpaid.append(trunc or v.withheld is not None)
         self.seconds += time.perf_counter() - start
         if log_metric is not None:
-            for name, value in step_stats(rewards, categories, fully_specified).items():
-                log_metric(name, value)
+            for name, values in step_values(rewards, categories, fully_specified, unpaid):
+                for value in values:
+                    log_metric(name, value)
         return rewards
 
 
-def step_stats(
-    rewards: list[float], categories: list[str], fully_specified: list[bool]
-) -> dict[str, float]:
-    """The calibration view of one batch of rewarded completions."""
+def step_values(
+    rewards: list[float],
+    categories: list[str],
+    fully_specified: list[bool],
+    unpaid: list[bool] | None = None,
+) -> list[tuple[str, list[float]]]:
+    """The calibration view of one batch of rewarded completions, one value per completion:
+    rewards and non-answers split by fully specified and underspecified prompts. ``unpaid``
+    marks the replies that are no non-answer whatever their category: cut off (truncated), or
+    withheld by the reward's integrity rule (trivial, off-task; ``judges.withheld_reason``)."""
+    cut = unpaid or [False] * len(rewards)
+    held = [c in NON_ANSWERS and not t for c, t in zip(categories, cut)]
     full = [i for i, f in enumerate(fully_specified) if f]
     under = [i for i, f in enumerate(fully_specified) if not f]
-    out: dict[str, float] = {}
+    out: list[tuple[str, list[float]]] = []
     if full:
-        out["icpo/reward_fully"] = sum(rewards[i] for i in full) / len(full)
-        out["icpo/over_clarification"] = sum(categories[i] in NON_ANSWERS for i in full) / len(full)
+        out.append(("icpo/reward_fully", [rewards[i] for i in full]))
+        out.append(("icpo/over_clarification", [float(held[i]) for i in full]))
     if under:
-        out["icpo/reward_under"] = sum(rewards[i] for i in under) / len(under)
-        out["icpo/non_answer_under"] = sum(categories[i] in NON_ANSWERS for i in under) / len(under)
+        out.append(("icpo/reward_under", [rewards[i] for i in under]))
+        out.append(("icpo/non_answer_under", [float(held[i]) for i in under]))
     return out
+
+
+def step_stats(
+    rewards: list[float],
+    categories: list[str],
+    fully_specified: list[bool],
+    unpaid: list[bool] | None = None,
+) -> dict[str, float]:
+    """:func:`step_values` as means (what TRL logs for one process's batch)."""
+    values = step_values(rewards, categories, fully_specified, unpaid)
+    return {name: sum(v) / len(v) for name, v in values}
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,42 +307,8 @@ def step_stats(
 # --------------------------------------------------------------------------------------------
 
 
-def select_rows(
-    rows: list[dict[str, Any]], recipe: Recipe, count_tokens: Any = None
-) -> list[dict[str, Any]]:
-    """The training prompts: unique, filtered, balanced and shuffled with the recipe's seed."""
-    seen: set[str] = set()
-    unique = []
-    for row in rows:
-        if row["source"] not in recipe.sources:
-            continue
-        key = json.dumps([row["prompt"], bool(row["fully_specified"])], sort_keys=True)
-        if key in seen:  # greedy runs repeat prompts; one copy is enough for GRPO
-            continue
-        seen.add(key)
-        if recipe.max_prompt_tokens and count_tokens is not None:
-            if count_tokens(row["prompt"]) > recipe.max_prompt_tokens:
-                continue
-        unique.append(row)
-    rng = random.Random(recipe.seed)
-    full = [r for r in unique if r["fully_specified"]]
-    under = [r for r in unique if not r["fully_specified"]]
-    share = recipe.underspecified_share
-    if share is not None and full and under:
-        # Downsample the larger side to reach the share (never duplicate prompts).
-        want_under = round(len(full) * share / (1 - share))
-        if want_under <= len(under):
-            under = rng.sample(under, want_under)
-        else:
-            full = rng.sample(full, round(len(under) * (1 - share) / share))
-    picked = full + under
-    rng.shuffle(picked)
-    if recipe.max_prompts:
-        picked = picked[: recipe.max_prompts]
-    if not picked:
-        raise IcpoError("no training prompts left after selection (check sources and limits)")
-    return picked
-
+# The prompt selection is shared with the verl export: it lives in icpo_eval.selection.
+from icpo_eval.selection import select_rows  # noqa: E402, F401
 
 # --------------------------------------------------------------------------------------------
 # Training
@@ -330,6 +363,8 @@ def grpo_config(recipe: Recipe, use_cpu: bool) -> Any:
         epsilon_high=recipe.epsilon_high,
         beta=recipe.beta,
         scale_rewards=recipe.scale_rewards,
+        use_bias_correction_kl=recipe.kl_bias_correction,
+        vllm_importance_sampling_correction=recipe.vllm_importance_sampling_correction,
         importance_sampling_level="token",
         mask_truncated_completions=False,  # truncation is handled by the reward instead
         disable_dropout=True,
@@ -373,11 +408,10 @@ def _callback(reward: IcpoReward, log_path: Path, max_minutes: float | None) -> 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
             self.step_seconds.append(time.perf_counter() - self.step_start)
             self.reward_seconds.append(reward.seconds)
-            if (
-                max_minutes is not None
-                and time.perf_counter() - self.train_start > max_minutes * 60
-            ):
-                control.should_training_stop = True
+            if max_minutes is not None:
+                elapsed = time.perf_counter() - self.train_start
+                if budget_spent(elapsed, max_minutes * 60):
+                    control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
             if not logs or "train_runtime" in logs or not state.is_world_process_zero:
@@ -393,6 +427,26 @@ def _callback(reward: IcpoReward, log_path: Path, max_minutes: float | None) -> 
             print(format_log(entry), flush=True)
 
     return IcpoLog()
+
+
+def budget_spent(elapsed_s: float, budget_s: float) -> bool:
+    """Whether the time budget is spent, as the main process's clock says, on every process.
+
+    Each process measures its own elapsed time; were each to decide alone, one could stop a
+    step before the others and leave them waiting forever in the next step's collective. The
+    main process decides and tells the others (a collective: every process calls this at the
+    end of every step).
+    """
+    spent = elapsed_s > budget_s
+    from accelerate import PartialState
+
+    if PartialState().num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        decision = [spent]
+        broadcast_object_list(decision, from_process=0)
+        spent = bool(decision[0])
+    return spent
 
 
 def format_log(e: dict[str, Any]) -> str:
@@ -413,16 +467,17 @@ def train(recipe: Recipe) -> Path:
     """Run ICPO training; return the directory of the final checkpoint."""
     from icpo_eval.export import load_export
 
-    recipe.check()
     if not recipe.data:
         raise IcpoError("no training data: set `data:` in the recipe or pass --data DIR")
     rows = load_export(recipe.data)
     trl = _trl()
     import datasets
     import torch
+    from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from transformers.utils import logging as hf_logging
 
+    recipe.check(num_processes=PartialState().num_processes)
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
     path = recipe.model_path
@@ -442,13 +497,18 @@ def train(recipe: Recipe) -> Path:
     dataset = datasets.Dataset.from_list([{k: r[k] for k in columns} for r in picked])
 
     use_cpu = not torch.cuda.is_available()
-    dtype = torch.bfloat16 if recipe.bf16 else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    # The training config first: under accelerate with DeepSpeed ZeRO-3 it is what tells
+    # from_pretrained to build the model sharded (zero3_init_flag), not whole on every process.
+    args = grpo_config(recipe, use_cpu)
+    # fp32 weights always: the optimizer updates these; `bf16: true` is autocast (args.bf16),
+    # not bf16 weights, whose resolution (2^-8 relative) swallows updates at lr 1e-6.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    use_cache = model.config.use_cache  # gradient checkpointing turns it off; saved as it was
     eos = model.generation_config.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     if tok.eos_token_id is not None:
         eos_ids.append(tok.eos_token_id)
-    reward = IcpoReward(recipe.judge, eos_ids, recipe.max_completion_length)
+    reward = IcpoReward(recipe.judge, eos_ids, tok.pad_token_id)
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / LOG_FILE
@@ -456,7 +516,7 @@ def train(recipe: Recipe) -> Path:
     trainer = trl.GRPOTrainer(
         model=model,
         reward_funcs=[reward],
-        args=grpo_config(recipe, use_cpu),
+        args=args,
         train_dataset=dataset,
         processing_class=tok,
         callbacks=[_callback(reward, log_path, recipe.max_minutes)],
@@ -465,6 +525,9 @@ def train(recipe: Recipe) -> Path:
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    trained.config.use_cache = use_cache
+    trained.generation_config.use_cache = use_cache
     trainer.save_model(str(out))  # collective under DeepSpeed ZeRO-3: every process calls it
     if not trainer.is_world_process_zero():
         return out
@@ -472,8 +535,14 @@ def train(recipe: Recipe) -> Path:
     summary = {
         "recipe": dataclasses.asdict(recipe),
         "trl": trl.__version__,
+        "precision": {
+            "weights": str(next(trained.parameters()).dtype).removeprefix("torch."),
+            "autocast": trainer.accelerator.mixed_precision,
+        },
         "prompts": len(picked),
         "underspecified_prompts": n_under,
+        # What the checkpoint was trained on: `icpo-eval run` refuses to evaluate it there.
+        "train_task_ids": sorted({str(r["task_id"]) for r in picked}),
         "steps": result.global_step,
         "train_seconds": round(seconds, 1),
         "training_loss": result.training_loss,

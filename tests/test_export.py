@@ -10,7 +10,14 @@ import pytest
 from conftest import make_math, make_scripted_run
 from test_cli import assert_one_line_error, cli
 
-from icpo_eval.export import FORMATS, build_rows, export_run, load_export
+from icpo_eval.export import (
+    FORMATS,
+    SELECTION_FILE,
+    build_rows,
+    export_run,
+    load_export,
+    verl_rows,
+)
 from icpo_eval.families import Family, get_family
 from icpo_eval.records import Instruction, Shard
 from icpo_eval.store import load_run
@@ -55,6 +62,12 @@ def test_one_row_per_assistant_turn_with_the_prompt_the_model_saw(run_dir):
 def test_each_format_round_trips(run_dir, tmp_path, fmt):
     rows = build_rows(run_dir, augment=True)
     out, counts = export_run(run_dir, tmp_path / f"out-{fmt}", fmt, augment=True)
+    if fmt == "verl":  # verl trains on every row: the export holds the selected prompts
+        rows = verl_rows(rows)
+        assert 0 < len(rows) < len(build_rows(run_dir, augment=True))
+        assert json.loads((out / SELECTION_FILE).read_text())["rows_selected"] == len(rows)
+    else:
+        assert not (out / SELECTION_FILE).exists()
     assert load_export(out) == rows
     meta = json.loads((out / "export.json").read_text())
     assert meta["format"] == fmt and meta["rows"] == len(rows) == counts["rows"]
@@ -69,7 +82,10 @@ def test_verl_layout_and_reward_function_agree_with_the_harness(run_dir, tmp_pat
     for rec in df.to_dict(orient="records"):
         gt = rec["reward_model"]["ground_truth"]
         extra = rec["extra_info"]
-        assert compute_score(rec["data_source"], extra["response"], gt, extra) == extra["reward"]
+        # The logged reply, replayed with its own truncation, earns the reward it was logged with.
+        trunc = bool(extra["truncated"])
+        score = compute_score(rec["data_source"], extra["response"], gt, extra, truncated=trunc)
+        assert score == extra["reward"]
 
 
 def test_augment_adds_full_and_underspecified_prompts(run_dir):

@@ -219,6 +219,21 @@ class CodeFamily(Family):
     maker = "icpo_eval.families.code_make"
     #: LiC records keep the original problem statement; generated ones join the shards.
     full_prompt_fields = ("question_content", "prompt")
+    #: The system prompt's "(the function's name and parameters, the input format, how to
+    #: handle edge cases)".
+    asked_about = (
+        "function",
+        "parameter",
+        "argument",
+        "input",
+        "output",
+        "format",
+        "return",
+        "edge",
+        "empty",
+        "signature",
+        "called",
+    )
     #: Limits of one grading run; tests may swap in tighter ones.
     limits = sandbox.Limits()
 

@@ -227,6 +227,8 @@ class DatabaseFamily(Family):
     maker = "icpo_eval.families.database_make"
     #: LiC's ``fully_specified_question`` or our ``question``.
     full_prompt_fields = ("fully_specified_question", "question")
+    #: The system prompt's "Select exactly the columns the user asks for".
+    asked_about = ("column", "columns")
 
     def prompt_variables(self, inst: Instruction) -> dict[str, Any]:
         """The schema: the record's own ``schema_sql`` (LiC/Spider) or the bundled script's

@@ -15,7 +15,7 @@ import random
 import re
 
 from icpo_eval.families import Family, register, shards_without
-from icpo_eval.families.text import UNICODE_MINUSES, number_tokens
+from icpo_eval.families.text import UNICODE_MINUSES, digits_for_number_words, number_tokens
 from icpo_eval.records import Instruction
 
 __all__ = ["MathFamily", "extract_number", "normalize_number", "reference_answer"]
@@ -66,9 +66,18 @@ def extract_number(response: str) -> str | None:
     ("Answer: 8. This took 2 steps."). On that line the last number is taken, because small
     models write "Answer: 3 + 5 = 8". If that line holds no number, the last number of the
     response is taken.
+
+    A response without any number in digits is read with its numbers written in words as digits
+    (:func:`~icpo_eval.families.text.digits_for_number_words`: "Answer: seven", "twelve
+    apples"), by the same rules; a response with digits is read as written.
     """
     if not response:
         return None
+    if not number_tokens(response):
+        spelled = digits_for_number_words(response)
+        if spelled == response or not number_tokens(spelled):
+            return None
+        response = spelled
     markers = list(_ANSWER_MARKER_RE.finditer(response))
     if markers:
         rest = response[markers[-1].end() :].split("\n", 1)[0]

@@ -15,6 +15,12 @@ different questions and changing either would change what is measured:
 Both skip digits inside identifiers ("x2", "H2O") and after a decimal point, and neither takes a
 sentence's closing period for a decimal point. :data:`NUMBER_PATTERN` is the judge's number for
 use inside the judge's larger patterns.
+
+Numbers written in words ("seven", "twenty-five", "one hundred and five") are read by
+:func:`digits_for_number_words`, which writes them as digits; the rule judge and the math
+family use it only for a reply that has no digit at all, so that what either does with digits is
+unchanged. "one" is a number there only where it counts something ("one apple", "It's one.",
+"one" alone), not as a pronoun ("the other one", "one of them", "one more detail").
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ __all__ = [
     "NUMBER_PATTERN",
     "UNICODE_MINUSES",
     "Fence",
+    "digits_for_number_words",
     "fenced_blocks",
     "number_tokens",
     "numbers",
@@ -133,6 +140,105 @@ def number_tokens(text: str) -> list[str]:
     """The numbers of ``text`` as written, sign and "$" included, Unicode minus signs read as
     "-" (see the module docstring); the math family normalises the one it takes."""
     return _TOKEN_RE.findall(text.translate(UNICODE_MINUSES))
+
+
+_UNIT_WORDS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen".split()
+    )
+}
+_TENS_WORDS = {
+    w: 10 * i
+    for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)
+}
+_SCALE_WORDS = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
+_NUMBER_WORD_RE = re.compile(
+    r"\b(?:" + "|".join([*_UNIT_WORDS, *_TENS_WORDS, *_SCALE_WORDS]) + r")\b", re.I
+)
+#: Words before a lone "one" that make it a pronoun ("the other one", "which one").
+_ONE_AFTER = frozenset(
+    "the this that each every any which no a an another only last first next single same right "
+    "wrong other no one's someone anyone everyone".split()
+)
+#: Words after a lone "one" that make it a pronoun or an idiom ("one of them", "one more").
+_ONE_BEFORE = frozenset(
+    "of more another other by at too or and else thing things way ways step question detail "
+    "point moment sec second minute".split()
+)
+#: Verbs after which a lone "one" closing a sentence is a stated quantity ("It's one.").
+_ONE_STATED = frozenset("is it's s was be equals makes gives has have get gets got are".split())
+
+
+def _number_value(words: list[str]) -> int:
+    total = current = 0
+    for w in words:
+        if w in _SCALE_WORDS:
+            scale = _SCALE_WORDS[w]
+            if scale == 100:
+                current = max(current, 1) * 100
+            else:
+                total += max(current, 1) * scale
+                current = 0
+        else:
+            current += _UNIT_WORDS.get(w, 0) + _TENS_WORDS.get(w, 0)
+    return total + current
+
+
+def _lone_one_counts(text: str, start: int, end: int) -> bool:
+    before = re.findall(r"[\w']+", text[:start][-40:].lower())
+    after = re.match(r"\s*([\w']+)?\s*([.?!,;:]|$)?", text[end:])
+    prev = before[-1] if before else ""
+    nxt = (after.group(1) or "").lower() if after else ""
+    closes = after is not None and after.group(1) is None and after.group(2) is not None
+    if prev in _ONE_AFTER:
+        return False
+    if nxt:
+        return nxt not in _ONE_BEFORE
+    # "one" closing a sentence: alone ("One."), or after a verb ("It's one.").
+    alone = not text[:start].strip() or text[:start].rstrip()[-1:] in ".?!:\n"
+    return closes and (alone or prev in _ONE_STATED)
+
+
+def digits_for_number_words(text: str) -> str:
+    """``text`` with every number written in words as digits: "seven" -> "7", "twenty-five
+    apples" -> "25 apples", "one hundred and five" -> "105", "a hundred" -> "a 100". A lone
+    "one" is read only where it counts something (see the module docstring). Digits already in
+    the text are left alone; callers use this on text without any (see the module docstring)."""
+    matches = list(_NUMBER_WORD_RE.finditer(text))
+    runs: list[list[re.Match[str]]] = []
+    for m in matches:
+        w = m.group().lower()
+        if runs:
+            last = runs[-1][-1]
+            gap = text[last.end() : m.start()]
+            prev = last.group().lower()
+            joined = re.fullmatch(r"\s*-\s*|\s+(?:and\s+)?", gap) is not None
+            if " and " in f" {gap} " and prev not in _SCALE_WORDS:
+                joined = False  # "two and three" are two numbers; "a hundred and five" is one
+            # "five twenty" or "two three" are two numbers, "twenty five" one.
+            small = prev in _UNIT_WORDS or prev in _TENS_WORDS
+            if (
+                small
+                and w not in _SCALE_WORDS
+                and not (prev in _TENS_WORDS and 0 < _UNIT_WORDS.get(w, 0) < 10)
+            ):
+                joined = False
+            if joined:
+                runs[-1].append(m)
+                continue
+        runs.append([m])
+    out, pos = [], 0
+    for run in runs:
+        start, end = run[0].start(), run[-1].end()
+        words = [m.group().lower() for m in run]
+        if words == ["one"] and not _lone_one_counts(text, start, end):
+            continue
+        out += [text[pos:start], str(_number_value(words))]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -86,6 +86,20 @@ class TranslationFamily(Family):
     name = "translation"
     system_prompt_template = "system_translation.j2"
     answer_by_extraction = True
+    #: The system prompt's "(for example, whether more of the document is coming)".
+    asked_about = (
+        "document",
+        "coming",
+        "chunk",
+        "rest",
+        "remaining",
+        "continue",
+        "translate",
+        "translation",
+        "line",
+        "break",
+        "paragraph",
+    )
 
     def full_prompt(self, inst: Instruction) -> str:
         """The whole German document with the request, as LiC's full prompt has it."""
