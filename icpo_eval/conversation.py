@@ -29,9 +29,10 @@ from datetime import datetime, timezone
 
 from icpo_eval import __version__
 from icpo_eval.families import Family
-from icpo_eval.judges import TurnJudge, judge_reply
+from icpo_eval.judges import TurnJudge
 from icpo_eval.models.base import CallFailed, Generation, Messages
 from icpo_eval.records import Conversation, Instruction, Turn, derive_seed
+from icpo_eval.reward import judge_reply
 from icpo_eval.simulator import Simulator, UserTurn
 
 #: Modes that reveal shards turn by turn (the simulator speaks, the stop rules apply).

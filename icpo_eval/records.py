@@ -158,7 +158,7 @@ class Turn(_Json):
     #: User turns: how the simulator chose what to say ("next", "answered_question",
     #: "irrelevant_question", "no_more_shards"). Assistant turns: why a non-answer on an
     #: underspecified turn earned no reward ("reward withheld: too few words", see
-    #: :func:`icpo_eval.judges.withheld_reason`); None when nothing was withheld.
+    #: :func:`icpo_eval.reward.withheld_reason`); None when nothing was withheld.
     note: str | None = None
     #: Assistant answer attempts: what the evaluator found beyond the score, e.g.
     #: ``{"passed": 3, "total": 4}`` for code. JSON-serialisable; None when it had nothing to add.

@@ -3,7 +3,7 @@
 ICPO (arXiv 2601.15330) keeps GRPO and changes the reward: on a fully specified prompt it is the
 evaluator's correctness score; on an underspecified one it is 1 when the model does not commit
 to an answer (it asks, discusses, hedges or declines) and 0 when it guesses. Here that reward is
-:func:`icpo_eval.judges.judge_reply`, the very function the conversation loop uses to judge a
+:func:`icpo_eval.reward.judge_reply`, the very function the conversation loop uses to judge a
 turn, so a policy is trained on exactly what the harness measures.
 
 Data is an export (``icpo-eval export``, any format): each row's ``prompt`` (chat messages up to
@@ -35,8 +35,9 @@ import yaml
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import get_family
-from icpo_eval.judges import get_judge, judge_reply
+from icpo_eval.judges import get_judge
 from icpo_eval.records import NON_ANSWERS, Instruction
+from icpo_eval.reward import judge_reply
 
 TRL_VERSION = "1.16.0"
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
@@ -276,7 +277,7 @@ def step_values(
     """The calibration view of one batch of rewarded completions, one value per completion:
     rewards and non-answers split by fully specified and underspecified prompts. ``unpaid``
     marks the replies that are no non-answer whatever their category: cut off (truncated), or
-    withheld by the reward's integrity rule (trivial, off-task; ``judges.withheld_reason``)."""
+    withheld by the reward's integrity rule (trivial, off-task; ``reward.withheld_reason``)."""
     cut = unpaid or [False] * len(rewards)
     held = [c in NON_ANSWERS and not t for c, t in zip(categories, cut)]
     full = [i for i, f in enumerate(fully_specified) if f]

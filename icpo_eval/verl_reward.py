@@ -42,8 +42,9 @@ from typing import Any
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import get_family
-from icpo_eval.judges import get_judge, judge_reply
+from icpo_eval.judges import get_judge
 from icpo_eval.records import Instruction
+from icpo_eval.reward import judge_reply
 
 _JUDGE = "rule"
 #: The name the reward manager is registered under in verl's registries.
@@ -327,6 +328,13 @@ def _legacy_manager_cls() -> type:
     IcpoLegacyRewardManager.__module__ = CANONICAL
     IcpoLegacyRewardManager.__qualname__ = "IcpoLegacyRewardManager"
     return IcpoLegacyRewardManager
+
+
+def forget_manager_classes() -> None:
+    """Forget the manager classes built so far: the next :func:`reward_manager_cls` builds them
+    again on the verl modules imported now (a process that swaps verl versions, tests)."""
+    _reward_loop_manager_cls.cache_clear()
+    _legacy_manager_cls.cache_clear()
 
 
 def reward_manager_cls(api: str = "loop") -> type:

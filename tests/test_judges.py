@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from icpo_eval.judges import icpo_reward, rule_classify
+from icpo_eval.judges import rule_classify
 from icpo_eval.records import CATEGORIES, NON_ANSWERS
+from icpo_eval.reward import icpo_reward
 
 DATA = Path(__file__).parent / "data"
 

@@ -1,4 +1,4 @@
-"""Reward integrity: a non-answer earns the ICPO reward only when it is one (judges module doc).
+"""Reward integrity: a non-answer earns the ICPO reward only when it is one (icpo_eval.reward).
 
 A reward hacker's replies (trivial, content-free, repeated, off-task text, numbers in words)
 earn 0 on underspecified turns of every family, through :func:`judge_reply` (the harness, the
@@ -22,16 +22,15 @@ from icpo_eval.export import FORMATS, VERL_FILE, export_run, load_export
 from icpo_eval.families import Family, get_family
 from icpo_eval.families.math import extract_number
 from icpo_eval.families.text import digits_for_number_words
-from icpo_eval.judges import (
-    RuleJudge,
-    _content_stems,
+from icpo_eval.judges import RuleJudge, rule_classify
+from icpo_eval.records import NON_ANSWERS, Instruction, RunSpec, Shard
+from icpo_eval.reward import (
+    content_stems,
     engages_with_task,
     icpo_reward,
     judge_reply,
-    rule_classify,
     withheld_reason,
 )
-from icpo_eval.records import NON_ANSWERS, Instruction, RunSpec, Shard
 from icpo_eval.runner import run
 from icpo_eval.store import load_run
 from icpo_eval.tasksets import load_lic, read_jsonl, write_jsonl
@@ -218,10 +217,10 @@ def _story(item: dict, items: list[dict]) -> Instruction:
     context), so the instruction is rebuilt from the story it belongs to: the context and every
     other context of the set sharing a content word with it (the other shards of that story:
     "Maria buys 4 notebooks." for "How much money does Maria spend in total?")."""
-    mine = _content_stems(item["context"])
+    mine = content_stems(item["context"])
     others = sorted(
         {it["context"] for it in items if it["context"] != item["context"]}
-        & {it["context"] for it in items if _content_stems(it["context"]) & mine}
+        & {it["context"] for it in items if content_stems(it["context"]) & mine}
     )
     shards = [Shard(i, c) for i, c in enumerate([item["context"], *others], 1)]
     return Instruction(item["id"], "math", shards)

@@ -283,11 +283,9 @@ def fake_verl(monkeypatch):
     }
     for name, mod in modules.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    verl_reward._reward_loop_manager_cls.cache_clear()
-    verl_reward._legacy_manager_cls.cache_clear()
+    verl_reward.forget_manager_classes()
     yield modules
-    verl_reward._reward_loop_manager_cls.cache_clear()
-    verl_reward._legacy_manager_cls.cache_clear()
+    verl_reward.forget_manager_classes()
 
 
 # --------------------------------------------------------------------------------------------

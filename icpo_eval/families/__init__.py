@@ -42,7 +42,7 @@ class Family:
     #: Words naming what the system prompt invites the assistant to ask about in every task of
     #: the family ("whether more of the document is coming", "the function's name and
     #: parameters"): the judges count them as words of every task when they decide whether a
-    #: non-answer engages with its task (:func:`icpo_eval.judges.withheld_reason`).
+    #: non-answer engages with its task (:func:`icpo_eval.reward.withheld_reason`).
     asked_about: tuple[str, ...] = ()
 
     def generate(self, n: int, seed: int, **options: Any) -> list[Instruction]:

@@ -26,6 +26,7 @@ unchanged. "one" is a number there only where it counts something ("one apple", 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "outside_fences",
     "split_sentences",
     "unwrap_fence",
+    "visible_text",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -254,3 +256,9 @@ def split_sentences(text: str) -> list[str]:
     pieces are dropped."""
     parts = _SENTENCE_BREAK_RE.split(text)
     return [p.strip(" \t*-#>") for p in parts if p.strip(" \t*-#>")]
+
+
+def visible_text(text: str) -> str:
+    """``text`` without format characters (zero-width spaces and joiners, soft hyphens,
+    byte-order marks), which a reader cannot see."""
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
