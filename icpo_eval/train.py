@@ -504,7 +504,9 @@ def train(recipe: Recipe) -> Path:
     # fp32 weights always: the optimizer updates these; `bf16: true` is autocast (args.bf16),
     # not bf16 weights, whose resolution (2^-8 relative) swallows updates at lr 1e-6.
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    use_cache = model.config.use_cache  # gradient checkpointing turns it off; saved as it was
+    # transformers' Trainer sets config.use_cache to TrainingArguments.use_cache (False by
+    # default) for training; the checkpoint is saved with the base model's value.
+    use_cache = model.config.use_cache
     eos = model.generation_config.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     if tok.eos_token_id is not None:
