@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="run directory (default results/<model>)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument(
+        "--sandbox",
+        choices=["auto", "strict"],
+        default="auto",
+        help="strict: refuse to run model-written code without bubblewrap's kernel boundary "
+        "(auto: the strongest available, saying so when it is the weak fallback)",
+    )
+    r.add_argument(
         "--allow-train-overlap",
         action="store_true",
         help="evaluate an ICPO checkpoint on instructions it was trained on (refused otherwise)",
@@ -179,6 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         retry_wait=args.retry_wait,
         transport=args.transport,
         allow_train_overlap=args.allow_train_overlap,
+        sandbox=args.sandbox,
     )
     result = run(spec, progress=not args.no_progress)
     _, convs = load_run(out)

@@ -57,6 +57,7 @@ from icpo_eval.families.text import (
     NUMBER_PATTERN,
     digits_for_number_words,
     numbers,
+    outside_fences,
     split_sentences,
     visible_text,
 )
@@ -290,7 +291,13 @@ class RuleJudge(_Judge):
         self, inst: Instruction, family: Family, response: str, history: Messages
     ) -> Decision:
         users = [m["content"] for m in history if m["role"] == "user"]
-        category = rule_classify(response, "\n".join(users), users[0] if users else "")
+        context, question = "\n".join(users), users[0] if users else ""
+        category = rule_classify(response, context, question)
+        if category == "hedge" and family.answer_by_extraction:
+            # The hedge cues read conditions with numbers ("if size <= 0: return []"); in a
+            # family whose answer is a program they count only in the prose around it.
+            prose = outside_fences(response, unclosed=True)
+            category = rule_classify(prose, context, question) if prose.strip() else "discussion"
         if category not in ("answer_attempt", "hedge", "missing") and (
             family.answer_by_extraction and family.extract(inst, response) is not None
         ):

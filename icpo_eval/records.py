@@ -34,6 +34,7 @@ NON_ANSWERS: frozenset[str] = frozenset(
 )
 
 MODES: tuple[str, ...] = ("full", "concat", "sharded", "recap", "snowball")
+SANDBOX_MODES: tuple[str, ...] = ("auto", "strict")
 
 
 def mode_key(mode: str) -> tuple[int, str]:
@@ -186,6 +187,9 @@ class Conversation(_Json):
     #: 1-based index among assistant turns of the first answer attempt; None if none.
     first_answer_turn: int | None = None
     error: str | None = None
+    #: For families that run model-written code: ``strong`` (under bubblewrap) or ``weak`` (the
+    #: fallback layers; see :func:`icpo_eval.sandbox.strength`); None for the others.
+    sandbox: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
     version: str | None = None
@@ -234,6 +238,9 @@ class RunSpec(_Json):
     transport: str = "auto"
     #: Evaluate an ICPO checkpoint on instructions it was trained on (refused by default).
     allow_train_overlap: bool = False
+    #: ``auto``: run model-written code under the strongest sandbox the machine allows, saying so
+    #: when it is the weak one; ``strict``: refuse to run it without the kernel boundary.
+    sandbox: str = "auto"
 
     #: Fields that change what gets generated. A resume with a different value is refused.
     IDENTITY_FIELDS = (
@@ -272,6 +279,8 @@ class RunSpec(_Json):
             raise IcpoError("--timeout must be above 0 and --retry-wait at least 0")
         if self.max_attempts < 1:
             raise IcpoError("--max-attempts must be at least 1")
+        if self.sandbox not in SANDBOX_MODES:
+            raise IcpoError(f"--sandbox {self.sandbox!r}: one of {', '.join(SANDBOX_MODES)}")
         if model:
             from icpo_eval.models import check_model_name
 

@@ -54,15 +54,17 @@ non-answers the rule is measured on.
 from __future__ import annotations
 
 import re
+import subprocess
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, get_family
 from icpo_eval.families.text import numbers, split_sentences, visible_text
 from icpo_eval.judges import TurnJudge, user_questions
-from icpo_eval.models.base import Messages
+from icpo_eval.models.base import CallFailed, Messages
 from icpo_eval.records import NON_ANSWERS, Instruction
 
 
@@ -322,6 +324,30 @@ def engages_with_task(
     return withheld_reason(inst, response, history, category) is None
 
 
+#: Failures that are not the reply's doing and keep failing the conversation (or the run) as
+#: before: a model call that gave up (:class:`~icpo_eval.models.base.CallFailed`), a record or
+#: setting that is wrong (:class:`~icpo_eval.errors.IcpoError`: the user's to fix), and the
+#: sandbox that could not start (an ``OSError`` or ``SubprocessError`` from starting its child).
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    CallFailed,
+    IcpoError,
+    OSError,
+    subprocess.SubprocessError,
+)
+#: How much of an extractor's or evaluator's error message goes on the turn.
+_ERROR_CHARS = 200
+
+
+def error_text(e: BaseException) -> str:
+    """``"Type: message"`` of an exception, on one line, capped (:data:`_ERROR_CHARS`)."""
+    try:
+        msg = " ".join(str(e)[: _ERROR_CHARS * 4].split())
+    except Exception:  # a message that cannot be made (str() of it raises)
+        msg = ""
+    text = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "..."
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Everything the judges say about one assistant reply."""
@@ -349,18 +375,33 @@ def judge_reply(
     """Classify, extract, grade and reward one reply.
 
     The conversation loop and the ICPO trainer's reward function both call this, so that the
-    reward a policy is trained on is exactly the one the harness measures.
+    reward a policy is trained on is exactly the one the harness measures. Grading never
+    raises for the reply's sake: an exception out of ``family.extract`` or ``family.grade``
+    (a reply that breaks a parser) scores 0, with ``{"error": "Type: message"}`` as the
+    detail; only :data:`INFRASTRUCTURE_ERRORS` go on up.
     """
-    decision = judge.decide(inst, family, response, history)
-    category = decision.category
     answer = score = detail = withheld = None
-    if category == "answer_attempt":
-        answer = family.extract(inst, response)
-        score, detail = family.grade(inst, answer)
+    broke = False
+    try:
+        decision = judge.decide(inst, family, response, history)
+        category, judged_by = decision.category, decision.judge
+    except INFRASTRUCTURE_ERRORS:
+        raise
+    except Exception as e:  # the rule judge asks family.extract, which the reply broke
+        category, judged_by = "answer_attempt", getattr(judge, "name", "rule")
+        score, detail, broke = 0.0, {"error": error_text(e)}, True
+    if category == "answer_attempt" and not broke:
+        try:
+            answer = family.extract(inst, response)
+            score, detail = family.grade(inst, answer)
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception as e:  # the reply broke an extractor or evaluator: it scores 0
+            score, detail = 0.0, {"error": error_text(e)}
     elif category in NON_ANSWERS and not fully_specified and not truncated:
         withheld = withheld_reason(inst, response, history, category, family)
     reward = icpo_reward(fully_specified, category, score, truncated, withheld is None)
-    return Verdict(category, answer, score, detail, reward, decision.judge, withheld)
+    return Verdict(category, answer, score, detail, reward, judged_by, withheld)
 
 
 def icpo_reward(

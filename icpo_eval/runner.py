@@ -90,6 +90,27 @@ def check_no_training_overlap(checkpoint: str, instructions: list[Instruction]) 
         )
 
 
+def sandbox_strength(spec: RunSpec, instructions: list[Instruction]) -> str | None:
+    """The sandbox the run's model-written programs will get (None when no family runs any):
+    refused under ``--sandbox strict`` when only the weak fallback is there, said in one line
+    on stderr otherwise."""
+    if not any(get_family(inst.task).uses_sandbox for inst in instructions):
+        return None
+    from icpo_eval import sandbox
+
+    strength = sandbox.strength()
+    if strength != "strong":
+        why = "bubblewrap (bwrap) cannot run here"
+        if spec.sandbox == "strict":
+            raise IcpoError(f"--sandbox strict: {why}; install bubblewrap or drop --sandbox strict")
+        print(
+            f"icpo-eval: warning: weak sandbox: {why}; model-written code runs under rlimits, "
+            "namespaces and an audit hook only (recorded as sandbox: weak)",
+            file=sys.stderr,
+        )
+    return strength
+
+
 def api_settings(spec: RunSpec, bases: list[str]) -> ApiSettings:
     """How the API calls of one role (model, simulator or judge) travel."""
     from icpo_eval.models.api import ApiSettings
@@ -112,6 +133,7 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
     simulator = get_simulator(spec.simulator, api_settings(spec, spec.simulator_api_base))
     judge = get_judge(spec.judge, api_settings(spec, spec.judge_api_base))
     todo = plan(spec)
+    sandbox = sandbox_strength(spec, [inst for _, inst, _, _ in todo])
     store, done = RunStore.open(spec.out, spec)
     result = RunResult(out=Path(spec.out))
     states = []
@@ -132,6 +154,7 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
             seed=derive_seed(spec.seed, cid),
             run_index=r,
             n_shards=len(inst.shards),
+            sandbox=sandbox if family.uses_sandbox else None,
         )
         states.append(
             ConversationState(

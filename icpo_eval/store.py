@@ -5,12 +5,18 @@ finished conversation is written as one JSON line, flushed and fsynced before th
 writer holding a lock. On reopening, a torn last line (a write cut short) is dropped with a
 warning and truncated away, so the file is again a sequence of complete lines; every complete line
 is a finished conversation that a resumed run skips.
+
+Only a regular file is read or appended to: ``conversations.jsonl`` and ``run.json`` are opened
+with ``O_NOFOLLOW`` (and without blocking), and a symlink, FIFO, device or socket in their place
+is one :class:`~icpo_eval.errors.IcpoError`, never a write elsewhere or a frozen run.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -24,6 +30,48 @@ CONVERSATIONS = "conversations.jsonl"
 RUN_JSON = "run.json"
 
 
+def _open_regular(path: Path, flags: int) -> int:
+    """Open ``path`` as a regular file, never through a symlink (``O_NOFOLLOW``) and never
+    blocking on a FIFO (``O_NONBLOCK``, cleared once it is known to be a regular file): a
+    FIFO, socket, device or symlink put in place of the run's file is one IcpoError."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP or path.is_symlink():
+            raise IcpoError(f"{path}: is a symlink; refusing to follow it") from None
+        if e.errno == errno.ENXIO:  # a FIFO opened for writing with no reader
+            raise IcpoError(f"{path}: not a regular file (a FIFO); refusing it") from None
+        raise IcpoError(f"{path}: cannot open ({e.strerror})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = (
+                "a FIFO" if stat.S_ISFIFO(mode)
+                else "a directory" if stat.S_ISDIR(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode)
+                else "not a file"
+            )  # fmt: skip
+            raise IcpoError(f"{path}: not a regular file ({kind}); refusing it")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_not_special(path: Path) -> None:
+    """Refuse a symlink or any non-regular file at ``path`` (a missing one is fine)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise IcpoError(f"{path}: is a symlink; refusing to follow it")
+    if not stat.S_ISREG(st.st_mode):
+        os.close(_open_regular(path, os.O_RDONLY))  # raises, naming the kind
+
+
 def read_conversations(path: Path, repair: bool = False) -> list[Conversation]:
     """Read every complete line of a conversations file.
 
@@ -31,9 +79,10 @@ def read_conversations(path: Path, repair: bool = False) -> list[Conversation]:
     ``repair=True`` cut off the file so that appending can continue cleanly. A malformed line
     elsewhere is corruption that icpo-eval did not cause, and is an error.
     """
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
-    data = path.read_bytes()
+    with os.fdopen(_open_regular(path, os.O_RDONLY), "rb") as f:
+        data = f.read()
     good_end = len(data)
     if data and not data.endswith(b"\n"):
         good_end = data.rfind(b"\n") + 1
@@ -43,7 +92,7 @@ def read_conversations(path: Path, repair: bool = False) -> list[Conversation]:
             file=sys.stderr,
         )
         if repair:
-            with open(path, "r+b") as f:
+            with os.fdopen(_open_regular(path, os.O_RDWR), "r+b") as f:
                 f.truncate(good_end)
                 f.flush()
                 os.fsync(f.fileno())
@@ -53,8 +102,9 @@ def read_conversations(path: Path, repair: bool = False) -> list[Conversation]:
             continue
         try:
             out.append(Conversation.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise IcpoError(f"{path}:{lineno}: not a conversation record ({e})") from None
+        except (ValueError, TypeError, RecursionError, KeyError, AttributeError) as e:
+            msg = f"{type(e).__name__}: {e}"[:200]
+            raise IcpoError(f"{path}:{lineno}: not a conversation record ({msg})") from None
     return out
 
 
@@ -76,11 +126,12 @@ class RunStore:
         """
         store = cls(Path(directory))
         store.dir.mkdir(parents=True, exist_ok=True)
+        _check_not_special(store.path)
         run_json = store.dir / RUN_JSON
-        if run_json.exists():
+        if os.path.lexists(run_json):
             try:
-                old = RunSpec.from_dict(json.loads(run_json.read_text()))
-            except (json.JSONDecodeError, TypeError) as e:
+                old = RunSpec.from_dict(json.loads(_read_text(run_json)))
+            except (ValueError, TypeError, RecursionError) as e:
                 raise IcpoError(f"{run_json}: unreadable run spec ({e})") from None
             diffs = [
                 f"{k}: {getattr(old, k)!r} -> {getattr(spec, k)!r}"
@@ -101,7 +152,8 @@ class RunStore:
         line = json.dumps(conv.to_dict(), ensure_ascii=False) + "\n"
         with self._lock:
             if self._fh is None:
-                self._fh = open(self.path, "a", encoding="utf-8")
+                fd = _open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                self._fh = os.fdopen(fd, "a", encoding="utf-8")
             self._fh.write(line)
             self._fh.flush()
             os.fsync(self._fh.fileno())
@@ -119,20 +171,31 @@ class RunStore:
 def load_run(directory: str | Path) -> tuple[RunSpec | None, list[Conversation]]:
     """Read a run directory (spec may be None for a bare conversations file)."""
     d = Path(directory)
-    if not (d / CONVERSATIONS).exists():
+    if not os.path.lexists(d / CONVERSATIONS):
         raise IcpoError(f"{d}: no {CONVERSATIONS} here")
     spec = None
-    if (d / RUN_JSON).exists():
+    if os.path.lexists(d / RUN_JSON):
         try:
-            spec = RunSpec.from_dict(json.loads((d / RUN_JSON).read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
+            spec = RunSpec.from_dict(json.loads(_read_text(d / RUN_JSON)))
+        except (ValueError, TypeError, RecursionError) as e:
             raise IcpoError(f"{d / RUN_JSON}: unreadable run spec ({e})") from None
     return spec, read_conversations(d / CONVERSATIONS)
 
 
+def _read_text(path: Path) -> str:
+    """A regular file's text (:func:`_open_regular`: no symlink, FIFO or device)."""
+    with os.fdopen(_open_regular(path, os.O_RDONLY), "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    try:
+        os.unlink(tmp)  # a leftover, or something put there: never written through
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

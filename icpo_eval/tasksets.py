@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +25,93 @@ from icpo_eval.families import family_names, get_family
 from icpo_eval.paths import TASKS_DIR
 from icpo_eval.records import Instruction
 
+#: Caps on task data, so that a hostile file is one clear error rather than a hang, a crash
+#: deep in a run or gigabytes of memory: one file's size, how deep a record's JSON nests, and
+#: how many digits one of its integers may have (Python itself stops at 4,300).
+MAX_TASK_FILE_BYTES = 2 * 2**30
+MAX_JSON_DEPTH = 64
+MAX_INT_DIGITS = 1000
+#: What :func:`json.loads` raises on hostile text besides JSONDecodeError: ValueError for an
+#: int past Python's digit limit, RecursionError past the recursion limit.
+_JSON_ERRORS = (ValueError, RecursionError, MemoryError)
+
+
+def check_json_shape(value: Any, where: str) -> None:
+    """Refuse decoded JSON nested deeper than :data:`MAX_JSON_DEPTH` or holding an integer of
+    more than :data:`MAX_INT_DIGITS` digits, with one IcpoError naming ``where``. Iterative, so
+    it cannot itself overflow the stack; linear in the number of values."""
+    max_bits = int(MAX_INT_DIGITS * 3.33) + 1
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (list, tuple, dict)):
+            if depth >= MAX_JSON_DEPTH:
+                raise IcpoError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH}; refused")
+            items = v.values() if isinstance(v, dict) else v
+            stack.extend((x, depth + 1) for x in items)
+        elif isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > max_bits:
+            raise IcpoError(f"{where}: an integer of more than {MAX_INT_DIGITS} digits; refused")
+
+
+def _loads(text: str | bytes, where: str) -> Any:
+    """:func:`json.loads` and :func:`check_json_shape`; one IcpoError naming ``where``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise IcpoError(f"{where}: malformed JSON (line {e.lineno}: {e.msg})") from None
+    except _JSON_ERRORS as e:
+        raise IcpoError(f"{where}: malformed JSON ({type(e).__name__}: {str(e)[:100]})") from None
+    check_json_shape(value, where)
+    return value
+
+
+def _instruction(rec: Any, where: str) -> Instruction:
+    """:meth:`Instruction.from_dict`, then the family's own data checked where it is costly
+    to find wrong later (a code record's test cases decoded under their caps); any failure is
+    one IcpoError naming ``where``."""
+    try:
+        inst = Instruction.from_dict(rec, where=where)
+    except IcpoError:
+        raise
+    except Exception as e:  # a field of a type from_dict does not expect
+        raise IcpoError(f"{where}: not an instruction ({type(e).__name__}: {e})"[:300]) from None
+    if inst.task == "code" and (
+        "public_test_cases" in inst.fields or "private_test_cases" in inst.fields
+    ):
+        from icpo_eval.families.code import lic_test_cases
+
+        try:
+            lic_test_cases(inst)
+        except IcpoError as e:
+            raise IcpoError(f"{where}: {e}") from None
+    return inst
+
+
+def _check_file(p: Path, what: str) -> None:
+    """A regular file no larger than :data:`MAX_TASK_FILE_BYTES` (a FIFO would block)."""
+    try:
+        st = p.stat()
+    except OSError:
+        raise IcpoError(f"{what} not found: {p}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise IcpoError(f"{what} is not a regular file: {p}")
+    if st.st_size > MAX_TASK_FILE_BYTES:
+        raise IcpoError(f"{p}: over {MAX_TASK_FILE_BYTES // 2**30} GiB; refused")
+
 
 def read_jsonl(path: str | Path) -> list[Instruction]:
     p = Path(path)
-    if not p.is_file():
-        raise IcpoError(f"task file not found: {p}")
+    _check_file(p, "task file")
     out = []
     with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise IcpoError(f"{p}:{lineno}: malformed JSON ({e.msg})") from None
-            out.append(Instruction.from_dict(rec, where=f"{p}:{lineno}"))
+        try:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{p}:{lineno}"
+                out.append(_instruction(_loads(line, where), where))
+        except UnicodeDecodeError:
+            raise IcpoError(f"{p}: not UTF-8 text") from None
     return out
 
 
@@ -51,12 +124,9 @@ def load_lic(path: str | Path) -> list[Instruction]:
     expresses as ``required_shards=None``.
     """
     p = Path(path)
-    if not p.is_file():
-        raise IcpoError(f"LiC file not found: {p}")
+    _check_file(p, "LiC file")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise IcpoError(f"{p}: malformed JSON (line {e.lineno}: {e.msg})") from None
+        data = _loads(p.read_text(encoding="utf-8"), str(p))
     except UnicodeDecodeError:
         raise IcpoError(f"{p}: not UTF-8 text") from None
     if isinstance(data, dict):  # tolerate {"instructions": [...]} or a single record
@@ -65,7 +135,7 @@ def load_lic(path: str | Path) -> list[Instruction]:
         raise IcpoError(f"{p}: expected a JSON array of LiC records")
     out = []
     for i, rec in enumerate(data):
-        inst = Instruction.from_dict(rec, where=f"{p} record {i}")
+        inst = _instruction(rec, f"{p} record {i}")
         inst.required_shards = None
         out.append(inst)
     return out
@@ -100,7 +170,7 @@ def _hf_record(row: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
             try:
                 rec[key] = json.loads(value)
-            except json.JSONDecodeError:
+            except _JSON_ERRORS:
                 pass  # Instruction.from_dict names the bad field
     return rec
 
@@ -179,7 +249,9 @@ def load_hf(spec: str) -> list[Instruction]:
         if task and task not in known:
             skipped[task] = skipped.get(task, 0) + 1
             continue
-        out.append(Instruction.from_dict(rec, where=f"hf:{spec} record {i}"))
+        where = f"hf:{spec} record {i}"
+        check_json_shape(rec, where)
+        out.append(_instruction(rec, where))
     if skipped:
         what = ", ".join(f"{n} {t}" for t, n in sorted(skipped.items()))
         _log.warning("hf:%s: skipped records of families icpo-eval does not have (%s)", spec, what)

@@ -263,3 +263,25 @@ def test_runaway_answer_is_graded_zero_quickly(committed: list[Instruction]) -> 
     score, detail = fam.grade(inst, f"def {name}(*a):\n    while True:\n        pass\n")
     assert score == 0.0 and detail is not None and detail["passed"] == 0
     assert re.search("Timeout", detail.get("error", "")) or detail.get("status") == "timeout"
+
+
+def test_a_program_with_numeric_conditions_is_an_answer_not_a_hedge():
+    """The hedge cues read "if size <= 0: return []" as conditional outcomes: 15 of the 120
+    committed references were judged hedges (0 when fully specified, paid as a non-answer when
+    not). In the code family they count only in the prose around the program."""
+    from icpo_eval.judges import RuleJudge
+    from icpo_eval.reward import judge_reply
+
+    family, judge = CodeFamily(), RuleJudge()
+    for inst in read_jsonl(COMMITTED):
+        reply = f"```python\n{inst.fields['reference']}\n```"
+        history = [{"role": "user", "content": inst.shards[0].shard}]
+        assert judge.classify(inst, reply, history) == "answer_attempt", inst.task_id
+        assert judge_reply(inst, family, judge, reply, history, False).reward == 0.0
+    inst = read_jsonl(COMMITTED)[0]
+    # A hedge in the prose stays a hedge.
+    two = (
+        "If you want 1 kept, the answer is:\n```python\ndef f(x):\n    return 1\n```\n"
+        "But if you want 2 dropped, use:\n```python\ndef f(x):\n    return 2\n```"
+    )
+    assert judge.classify(inst, two, [{"role": "user", "content": "x"}]) == "hedge"

@@ -132,3 +132,37 @@ def test_plain_leaderboard_and_report_read_the_users_runs_not_the_references(
     assert main(["leaderboard", "results/reference", "-o", "ref.csv"]) == 0
     assert main(["leaderboard", "results", "-o", "both.csv"]) == 2
     assert "is in both" in capsys.readouterr().err
+
+
+def test_code_runs_say_which_sandbox_graded_them(tmp_path, monkeypatch, capsys):
+    """A run that grades model-written code records the sandbox's strength on each code
+    conversation; with only the weak fallback it says so in one line, and --sandbox strict
+    refuses before anything is written."""
+    from conftest import ScriptedBackend
+
+    from icpo_eval import sandbox
+    from icpo_eval.runner import run
+    from icpo_eval.store import load_run
+
+    tasks = tmp_path / "tasks.jsonl"
+    code = (ROOT / "tasks" / "code.jsonl").read_text().splitlines()[0]
+    math = (ROOT / "tasks" / "math.jsonl").read_text().splitlines()[0]
+    tasks.write_text(code + "\n" + math + "\n")
+    backend = ScriptedBackend(lambda messages: "Which input format do you want?")
+
+    def spec(out: str, mode: str = "auto") -> RunSpec:
+        return RunSpec(model="scripted", tasks=str(tasks), modes=["full"], out=out, sandbox=mode)
+
+    monkeypatch.setattr(sandbox, "strength", lambda: "weak")
+    with pytest.raises(IcpoError, match="--sandbox strict"):
+        run(spec(str(tmp_path / "strict"), "strict"), backend=backend, progress=False)
+    assert not (tmp_path / "strict").exists()
+    run(spec(str(tmp_path / "weak")), backend=backend, progress=False)
+    assert capsys.readouterr().err.count("weak sandbox") == 1
+    _, convs = load_run(tmp_path / "weak")
+    assert {c.family: c.sandbox for c in convs} == {"code": "weak", "math": None}
+    monkeypatch.setattr(sandbox, "strength", lambda: "strong")
+    run(spec(str(tmp_path / "strong"), "strict"), backend=backend, progress=False)
+    assert "weak sandbox" not in capsys.readouterr().err
+    _, convs = load_run(tmp_path / "strong")
+    assert {c.family: c.sandbox for c in convs} == {"code": "strong", "math": None}

@@ -32,6 +32,10 @@ class Family:
     #: the family before applying their own cues. Numeric families leave it False, because a
     #: number in a reply is as often the user's own number repeated as an answer.
     answer_by_extraction: bool = False
+    #: True for families whose grading runs model-written programs in the sandbox; their
+    #: conversations record the sandbox's strength, and ``--sandbox strict`` refuses to grade
+    #: them without the kernel boundary.
+    uses_sandbox: bool = False
     #: Module that makes this family's tasks; its ``generate(n, seed, **options)`` backs
     #: :meth:`generate`. Imported only then, so that grading never loads the generators.
     maker: str = ""

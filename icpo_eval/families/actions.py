@@ -33,12 +33,18 @@ Grading rules (decided here; BFCL's are the starting point):
 * lists compare element by element in order; dicts key by key.
 
 The score is 1 or 0; the detail says how many expected calls were matched.
+
+Hostile replies cost bounded work and never raise: an argument that is not plain JSON data (a
+bytes literal, a set, an int too wide for a float, nesting past 32 levels) is kept as its
+source text and matches nothing; attribute chains past 16 names are no call; JSON that breaks
+Python's digit or recursion limits is no call; only the last 100,000 characters are read.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,20 +82,67 @@ class Call:
         return {"name": self.name, "arguments": self.arguments}
 
 
+#: Bounds on the work one reply may cause: only its last :data:`_MAX_REPLY_CHARS` characters are
+#: read (a final answer is at the end), at most :data:`_MAX_JSON_STARTS` ``{``/``[`` are tried as
+#: the start of a JSON value, at most :data:`_MAX_PROSE_PARSES` spans parsed as calls in prose.
+_MAX_REPLY_CHARS = 100_000
+_MAX_JSON_STARTS = 2_000
+_MAX_PROSE_PARSES = 2_000
 _TOOL_TAG_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
 _NAME_RE = re.compile(r"(?<![\w.])([A-Za-z_][\w.]*)\s*\(")
 
 
+#: A parsed argument value deeper than this, or an int wider than this many bits (a float
+#: holds up to 2**1024), is no argument any schema asks for: it is kept as source text.
+_MAX_VALUE_DEPTH = 32
+_MAX_INT_BITS = 1000
+#: Source text of an argument is cut to this many characters.
+_MAX_SOURCE_CHARS = 2000
+#: JSON parse errors: malformed text, ints past Python's digit limit (ValueError), nesting past
+#: the recursion limit.
+_JSON_ERRORS = (ValueError, RecursionError, MemoryError)
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether a value is plain JSON data (str, bool, None, a float, an int a float can hold,
+    lists and str-keyed dicts of those), nested at most :data:`_MAX_VALUE_DEPTH` deep: what
+    :func:`json.dumps` writes and :func:`value_matches` compares without surprises (a bytes
+    literal, a set, a complex number, a 0xFFFF... of 5,000 digits are not)."""
+    if depth > _MAX_VALUE_DEPTH:
+        return False
+    if value is None or isinstance(value, (str, bool, float)):
+        return True
+    if isinstance(value, int):
+        return value.bit_length() <= _MAX_INT_BITS
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _source(node: ast.expr) -> str:
+    """The source text of an argument, capped; a tree too deep to unparse is ``"<unreadable>"``."""
+    try:
+        return ast.unparse(node)[:_MAX_SOURCE_CHARS]
+    except (RecursionError, MemoryError, ValueError):
+        return "<unreadable>"
+
+
 def _ast_value(node: ast.expr) -> Any:
     """A literal argument's value; a bare name reads as its text (BFCL does the same: models
-    write ``unit=celsius``); anything else as its source text, which then fails to match."""
+    write ``unit=celsius``); anything else, or a literal that is not plain data (:func:`_plain`),
+    as its source text, which then fails to match."""
     try:
-        return ast.literal_eval(node)
+        value = ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         pass
+    else:
+        if _plain(value):
+            return value
     if isinstance(node, ast.Name):
         return node.id
-    return ast.unparse(node)
+    return _source(node)
 
 
 def _call_name(func: ast.expr) -> str | None:
@@ -97,6 +150,8 @@ def _call_name(func: ast.expr) -> str | None:
     while isinstance(func, ast.Attribute):
         parts.append(func.attr)
         func = func.value
+        if len(parts) > 16:  # a.a.a....a(): no function of any catalogue
+            return None
     if not isinstance(func, ast.Name):
         return None
     parts.append(func.id)
@@ -152,12 +207,15 @@ def _python_calls(text: str, schemas: dict[str, dict[str, Any]]) -> list[Call] |
     return [c for c in calls if c] or None
 
 
-def _json_call(obj: Any, known: set[str]) -> list[Call] | None:
-    """Calls in one decoded JSON value, or None if it does not hold calls."""
+def _json_call(obj: Any, known: set[str], depth: int = 0) -> list[Call] | None:
+    """Calls in one decoded JSON value, or None if it does not hold calls (nor does a value
+    whose arguments are not plain data: :func:`_plain`)."""
+    if depth > 4:
+        return None
     if isinstance(obj, list):
         out: list[Call] = []
         for item in obj:
-            got = _json_call(item, known)
+            got = _json_call(item, known, depth + 1)
             if got is None:
                 return None
             out.extend(got)
@@ -165,24 +223,24 @@ def _json_call(obj: Any, known: set[str]) -> list[Call] | None:
     if not isinstance(obj, dict):
         return None
     if "tool_calls" in obj and isinstance(obj["tool_calls"], list):
-        return _json_call(obj["tool_calls"], known)
+        return _json_call(obj["tool_calls"], known, depth + 1)
     if isinstance(obj.get("function"), dict):
-        return _json_call(obj["function"], known)
+        return _json_call(obj["function"], known, depth + 1)
     name = obj.get("name")
     if isinstance(name, str) and name:
         args = next((obj[k] for k in ("arguments", "parameters", "args", "params") if k in obj), {})
         if isinstance(args, str):
             try:
                 args = json.loads(args)
-            except json.JSONDecodeError:
+            except _JSON_ERRORS:
                 return None
-        if not isinstance(args, dict):
+        if not isinstance(args, dict) or not _plain(args):
             return None
         return [Call(name, dict(args))]
     # BFCL's own answer format: {"func_name": {"arg": value}}.
     if len(obj) == 1:
         ((key, value),) = obj.items()
-        if key in known and isinstance(value, dict):
+        if key in known and isinstance(value, dict) and _plain(value):
             return [Call(key, dict(value))]
     return None
 
@@ -195,16 +253,19 @@ def _json_calls(text: str, known: set[str]) -> list[Call] | None:
         got = _json_call(json.loads(stripped), known)
         if got:
             return got
-    except (json.JSONDecodeError, RecursionError):
+    except _JSON_ERRORS:
         pass
     decoder = json.JSONDecoder()
     found: list[list[Call]] = []
-    i = 0
+    i, attempts = 0, 0
     while i < len(text):
         if text[i] in "{[":
+            attempts += 1
+            if attempts > _MAX_JSON_STARTS:
+                break
             try:
                 obj, end = decoder.raw_decode(text, i)
-            except (json.JSONDecodeError, RecursionError):
+            except _JSON_ERRORS:
                 i += 1
                 continue
             got = _json_call(obj, known)
@@ -221,8 +282,8 @@ def _json_calls(text: str, known: set[str]) -> list[Call] | None:
 def _calls_in_prose(text: str, schemas: dict[str, dict[str, Any]]) -> list[Call] | None:
     """Python-style calls of known functions written inside running text."""
     calls: list[Call] = []
-    pos = 0
-    while True:
+    pos, budget = 0, _MAX_PROSE_PARSES
+    while budget > 0:
         m = _NAME_RE.search(text, pos)
         if m is None:
             break
@@ -232,7 +293,8 @@ def _calls_in_prose(text: str, schemas: dict[str, dict[str, Any]]) -> list[Call]
         start = m.start(1)
         # The shortest balanced span that parses as one call.
         for close in (k for k, ch in enumerate(text[m.end() :], m.end()) if ch == ")"):
-            if close - start > 5_000:
+            budget -= 1
+            if close - start > 5_000 or budget <= 0:
                 break
             try:
                 node = ast.parse(text[start : close + 1], mode="eval").body
@@ -257,6 +319,7 @@ def parse_calls(text: str, functions: Sequence[dict[str, Any]] | None = None) ->
     """
     if not text or not text.strip():
         return None
+    text = text[-_MAX_REPLY_CHARS:]
     funcs = functions or CATALOGUE
     schemas = {f["name"]: f for f in funcs if isinstance(f, dict) and "name" in f}
     known = set(schemas)
@@ -288,13 +351,28 @@ def _as_number(v: Any) -> float | None:
     if isinstance(v, bool):
         return None
     if isinstance(v, (int, float)):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:  # an int wider than any float
+            return None
     if isinstance(v, str):
         try:
             return float(v.strip().replace(",", ""))
         except ValueError:
             return None
     return None
+
+
+def _close(got: float, allowed: Any) -> bool:
+    """Numbers equal up to 1e-9 relative; an int too wide for a float matches nothing, nor
+    does an infinity or NaN ("9" * 400 reads as inf) anything but itself."""
+    try:
+        want = float(allowed)
+    except OverflowError:
+        return False
+    if not (math.isfinite(got) and math.isfinite(want)):
+        return got == want
+    return abs(got - want) <= 1e-9 * max(1.0, abs(got))
 
 
 def value_matches(value: Any, allowed: Any) -> bool:
@@ -305,7 +383,7 @@ def value_matches(value: Any, allowed: Any) -> bool:
         return isinstance(value, str) and value.strip().lower() == str(allowed).lower()
     if isinstance(allowed, (int, float)):
         got = _as_number(value)
-        return got is not None and abs(got - float(allowed)) <= 1e-9 * max(1.0, abs(got))
+        return got is not None and _close(got, allowed)
     if isinstance(allowed, str):
         if isinstance(value, str):
             return _std(value) == _std(allowed)
@@ -377,7 +455,7 @@ def _decoded(value: Any) -> Any:
     if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except _JSON_ERRORS:
             return value
     return value
 

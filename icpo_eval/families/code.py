@@ -44,6 +44,9 @@ _LABEL_RE = re.compile(r"[\w+.-]*")
 _CODE_START_RE = re.compile(r"^(?:async\s+def |def |class |import |from \S+ import )", re.M)
 
 
+_UNFENCED_TRIES = 200
+
+
 def _label(fence: Fence) -> str:
     m = _LABEL_RE.match(fence.info)
     return m.group().lower() if m else ""
@@ -76,7 +79,9 @@ def _unfenced(response: str) -> list[str]:
     if m is None:
         return []
     lines = response[m.start() :].rstrip().split("\n")
-    for end in range(len(lines), 0, -1):
+    # At most _UNFENCED_TRIES cuts, the longest first: prose after code is short, and each
+    # try parses the whole rest (a reply of 30,000 unparsable lines is not read 30,000 times).
+    for end in range(len(lines), max(0, len(lines) - _UNFENCED_TRIES), -1):
         src = "\n".join(lines[:end])
         if _parses(src) is not None:
             return [src]
@@ -117,7 +122,9 @@ def extract_code(response: str, func_name: str | None = None) -> str | None:
 
 class _DataOnlyUnpickler(pickle.Unpickler):
     """Unpickles plain data only. ``find_class`` is how a pickle reaches any callable (the
-    ``os.system`` of a malicious ``__reduce__``), so refusing it leaves nothing to execute."""
+    ``os.system`` of a malicious ``__reduce__``), so refusing it leaves nothing to execute.
+    :func:`_check_pickle` runs first and admits only the opcodes of one pickled string, so
+    nothing can be built, shared or repeated either (no "billion laughs")."""
 
     def find_class(self, module: str, name: str) -> Any:
         raise IcpoError(
@@ -126,30 +133,101 @@ class _DataOnlyUnpickler(pickle.Unpickler):
         )
 
 
+#: Cap on one test-case field: its encoded text and what zlib inflates it to. LiveCodeBench's
+#: largest test sets inflate to tens of MB; a zlib bomb inflates to hundreds.
+MAX_TEST_CASES_BYTES = 128 * 2**20
+#: The opcodes of ``pickle.dumps(a_str)`` (any protocol): the one shape LiveCodeBench writes.
+_STRING_OPS = frozenset(
+    {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINBYTES", "BINBYTES",
+     "BINBYTES8", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+)  # fmt: skip
+_FRAMING_OPS = frozenset({"PROTO", "FRAME", "MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT", "STOP"})
+
+
+def _check_pickle(blob: bytes, where: str) -> None:
+    """Admit a pickle only if it is one string or bytes value and nothing else: no object,
+    container, memo read (``GET``) or callable, so loading it costs no more than its size."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        for op, arg, _pos in pickletools.genops(blob):
+            if op.name in _STRING_OPS:
+                strings.append(str(arg)[:100])
+            elif op.name not in _FRAMING_OPS:
+                if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    what = f"reference {strings[-2]}.{strings[-1]}"
+                elif op.name in ("GLOBAL", "INST"):
+                    what = f"reference {str(arg).replace(' ', '.')}"
+                else:
+                    what = f"hold more than one string (opcode {op.name})"
+                raise IcpoError(
+                    f"{where}: refusing to unpickle test cases that {what}: "
+                    "only plain data (a JSON string) is accepted"
+                )
+    except IcpoError:
+        raise
+    except Exception as e:  # pickletools raises ValueError, or worse, on a broken pickle
+        raise IcpoError(f"{where}: not a pickle ({type(e).__name__}: {str(e)[:100]})") from None
+    if len(strings) != 1:
+        raise IcpoError(f"{where}: refusing a pickle of {len(strings)} strings: expected one")
+
+
+def _inflate(blob: bytes, where: str) -> bytes:
+    """zlib-decompress at most :data:`MAX_TEST_CASES_BYTES`; a bomb is refused, not inflated."""
+    d = zlib.decompressobj()
+    out = d.decompress(blob, MAX_TEST_CASES_BYTES)
+    if d.unconsumed_tail:
+        raise IcpoError(
+            f"{where}: test cases inflate past {MAX_TEST_CASES_BYTES // 2**20} MiB; refused"
+        )
+    return out
+
+
+def _safe_json(text: str | bytes, where: str) -> Any:
+    """:func:`json.loads`, then :func:`~icpo_eval.tasksets.check_json_shape` (depth, digits);
+    one IcpoError naming ``where`` for whatever fails (Python's digit limit raises ValueError,
+    nesting past the recursion limit RecursionError)."""
+    from icpo_eval.tasksets import check_json_shape
+
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError, MemoryError) as e:
+        raise IcpoError(f"{where}: not JSON ({type(e).__name__}: {str(e)[:100]})") from None
+    check_json_shape(data, where)
+    return data
+
+
 def decode_test_cases(raw: Any, where: str = "test cases") -> list[dict[str, Any]]:
-    """LiveCodeBench test cases: a JSON list, or base64 of zlib of a pickled JSON string."""
+    """LiveCodeBench test cases: a JSON list, or base64 of zlib of a pickled JSON string.
+
+    Hostile records are refused with one :class:`IcpoError` naming ``where``: text or inflated
+    data past :data:`MAX_TEST_CASES_BYTES`, JSON nested too deep or with too long a number
+    (:func:`~icpo_eval.tasksets.check_json_shape`), a pickle that is anything but one string
+    (:func:`_check_pickle`).
+    """
     if raw is None or raw == "":
         return []
     data: Any = raw
     if isinstance(raw, str):
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError:
+        if len(raw) > MAX_TEST_CASES_BYTES:
+            raise IcpoError(f"{where}: over {MAX_TEST_CASES_BYTES // 2**20} MiB; refused")
+        if raw.lstrip()[:1] in ("[", "{", '"'):
+            data = _safe_json(raw, where)
+        else:
             try:
-                blob = zlib.decompress(base64.b64decode(raw, validate=False))
+                blob = _inflate(base64.b64decode(raw, validate=False), where)
+                _check_pickle(blob, where)
                 data = _DataOnlyUnpickler(io.BytesIO(blob)).load()
             except IcpoError:
                 raise
             except (binascii.Error, zlib.error, pickle.UnpicklingError, EOFError, ValueError,
-                    TypeError, IndexError) as e:  # fmt: skip
+                    TypeError, IndexError, MemoryError) as e:  # fmt: skip
                 raise IcpoError(
-                    f"{where}: neither JSON nor base64(zlib(pickle(JSON))) ({e})"
+                    f"{where}: neither JSON nor base64(zlib(pickle(JSON))) ({str(e)[:100]})"
                 ) from None
             if isinstance(data, (str, bytes)):
-                try:
-                    data = json.loads(data)
-                except json.JSONDecodeError as e:
-                    raise IcpoError(f"{where}: unpickled text is not JSON ({e.msg})") from None
+                data = _safe_json(data, f"{where} (unpickled)")
     if not isinstance(data, list):
         raise IcpoError(f"{where}: expected a list of test cases, got {type(data).__name__}")
     out = []
@@ -167,8 +245,8 @@ def _metadata(inst: Instruction) -> dict[str, Any]:
     meta = inst.fields.get("metadata") or {}
     if isinstance(meta, str):
         try:
-            meta = json.loads(meta) if meta.strip() else {}
-        except json.JSONDecodeError:
+            meta = _safe_json(meta, f"{inst.task_id} metadata") if meta.strip() else {}
+        except IcpoError:
             raise IcpoError(f"{inst.task_id}: metadata is not JSON") from None
     return meta if isinstance(meta, dict) else {}
 
@@ -216,6 +294,7 @@ class CodeFamily(Family):
     name = "code"
     system_prompt_template = "system_code.j2"
     answer_by_extraction = True
+    uses_sandbox = True
     maker = "icpo_eval.families.code_make"
     #: LiC records keep the original problem statement; generated ones join the shards.
     full_prompt_fields = ("question_content", "prompt")
@@ -276,13 +355,10 @@ class CodeFamily(Family):
                     raise IcpoError(f"{inst.task_id}: functional tests without metadata.func_name")
                 args, expected = [], []
                 for c in functional:
-                    try:
-                        args.append([json.loads(ln) for ln in c["input"].split("\n") if ln.strip()])
-                        expected.append(json.loads(c["output"]))
-                    except json.JSONDecodeError as e:
-                        raise IcpoError(
-                            f"{inst.task_id}: test case is not JSON ({e.msg})"
-                        ) from None
+                    where = f"{inst.task_id}: test case"
+                    lines = [ln for ln in c["input"].split("\n") if ln.strip()]
+                    args.append([_safe_json(ln, where) for ln in lines])
+                    expected.append(_safe_json(c["output"], where))
                 _, d = self._grade_calls(answer, name, args, expected)
                 passed += d["passed"]
                 details.append(d)

@@ -28,6 +28,9 @@ __all__ = ["MathFamily", "extract_number", "normalize_number", "reference_answer
 #: what small models trained on GSM8K write on their own: "#### 8", "The answer is: 8".
 _ANSWER_MARKER_RE = re.compile(r"answer\W{0,3}:|answer\s+is\b|####", re.IGNORECASE)
 _CANONICAL_RE = re.compile(r"([+-]?)(\d*)(?:\.(\d*))?")
+#: How much of a reply without digits is read for numbers written in words (the end, where
+#: the answer is).
+_SPELLED_CHARS = 20_000
 
 
 def normalize_number(s: str) -> str | None:
@@ -74,8 +77,14 @@ def extract_number(response: str) -> str | None:
     if not response:
         return None
     if not number_tokens(response):
-        spelled = digits_for_number_words(response)
-        if spelled == response or not number_tokens(spelled):
+        # Numbers in words are read in the last _SPELLED_CHARS characters only; a run of
+        # them with more digits than Python converts ("nine hundred" x 100,000) is no answer.
+        tail = response[-_SPELLED_CHARS:]
+        try:
+            spelled = digits_for_number_words(tail)
+        except (ValueError, OverflowError, RecursionError, MemoryError):
+            return None
+        if spelled == tail or not number_tokens(spelled):
             return None
         response = spelled
     markers = list(_ANSWER_MARKER_RE.finditer(response))

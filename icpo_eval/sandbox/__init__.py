@@ -30,13 +30,21 @@ Design, in layers (each layer is checked by a hostile program in ``tests/test_sa
    builtins captured before the program loads. Known gap: ``marshal.loads`` stays allowed
    (imports need it to read ``.pyc`` files), so hand-crafted bytecode could corrupt the
    interpreter and get past this layer; layers 1 and 3 do not depend on it.
-3. **The kernel**: a child process with an empty environment (no API keys) and a fresh
-   temporary directory as working directory, in a new session (so a timeout kills the whole
-   process group), in a new network namespace (and a user namespace where the kernel allows
-   one) so that even a connection the hook missed has no network to reach, and with resource
-   limits on CPU time, address space, file size, open files and core dumps (``RLIMIT_NPROC``
-   too, except for root, which the kernel exempts from it). A wall-clock timeout kills the
-   process group; output is read with a cap, beyond which the child is killed.
+3. **The kernel**: where bubblewrap runs (:func:`strength` is ``"strong"``), the child runs
+   under ``bwrap --unshare-all --die-with-parent --new-session`` with no capabilities: its own
+   user, pid, network, ipc and uts namespaces; a read-only bind of the Python prefix and the
+   system libraries only, a private ``/proc`` and ``/dev``, a read-only root, and a tmpfs as its
+   only writable place and working directory. The project, tasks, caches, run store, home and
+   the parent's processes do not exist inside, so what the audit hook misses (C-level I/O, a
+   disarmed hook, signals, daemons) meets the kernel. Under it, in both strengths: an empty
+   environment (no API keys), a new session, resource limits on CPU time, address space, file
+   size, open files and core dumps (``RLIMIT_NPROC`` too, except for root, which the kernel
+   exempts), a wall clock that kills the process group (under bwrap the outer ``bwrap``'s,
+   whose death ends the sandbox's pid namespace and everything in it) and an output cap beyond
+   which the child is killed. Where bwrap cannot run (not installed, no user namespaces, not
+   Linux), :func:`strength` is ``"weak"``: a fresh host temporary directory as working
+   directory, a new network namespace (and a user namespace where the kernel allows one) and
+   the layers above; :func:`isolation` says which layers are active.
 
 The stub runs every test of one answer in one child (one interpreter start, ~30-50 ms, per
 answer, not per test), with a per-test timer; one test's infinite loop ends that test, and after
@@ -55,7 +63,7 @@ from __future__ import annotations
 from typing import Any
 
 from icpo_eval.errors import IcpoError
-from icpo_eval.sandbox.launch import Limits, isolation, run_job
+from icpo_eval.sandbox.launch import Limits, isolation, run_job, strength
 from icpo_eval.sandbox.results import Outcome, SandboxResult, dump, same_value
 
 __all__ = [
@@ -68,6 +76,7 @@ __all__ = [
     "run_job",
     "run_stdin",
     "same_value",
+    "strength",
 ]
 
 

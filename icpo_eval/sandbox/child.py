@@ -5,7 +5,8 @@ text and hands the text to a fresh interpreter (``python -I -S -B -X utf8 -c <th
 fd> <temporary directory> <readable roots as JSON>``), where ``__name__`` is ``"__main__"``.
 Importing it (a linter, coverage, a test) defines ``_main`` and does nothing else.
 
-In the child it reads ``job.json`` from the temporary directory (and removes it), installs the
+In the child it reads ``job.json`` from the temporary directory (and removes it), writes the
+job's input files there, closes every descriptor but stdio and the result channel, installs the
 audit hook, loads the program and writes one Python literal per line to the result descriptor:
 ``('ready',)``, ``('loaded', 'ok' | 'error', ...)``, ``('result', i, 'ok' | 'error', value)``,
 ``('checked', note)``, ``('violation', event)``. The parent judges; the child only reports.
@@ -33,6 +34,15 @@ def _main():
     with open(root + "/job.json", encoding="utf-8") as f:
         job = json.load(f)
     os.remove(root + "/job.json")
+    for name, text in job.pop("files", {}).items():  # stdin mode's inputs (names from the parent)
+        with open(root + "/" + name, "w", encoding="utf-8") as f:
+            f.write(text)
+    import resource
+
+    fsize = int(job.get("file_mb", 16)) * 1024 * 1024  # the program's files, not the parent's
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    os.closerange(3, rfd)  # nothing but stdio and the result channel stays open
+    os.closerange(rfd + 1, 65536)
     _write, _type, _repr, _len, _str, _int, _bytes = os.write, type, repr, len, str, int, bytes
     _float, _bool, _list, _tuple = float, bool, list, tuple
     _dict, _set, _frozenset = dict, set, frozenset
