@@ -2,7 +2,12 @@
 
 Each test names what stopped the program (the audit hook's violation log, a resource limit, the
 wall clock, the output cap, or the parent-side comparison) so that the evidence is in the
-assertions, not only in the docstring of :mod:`icpo_eval.sandbox`.
+assertions, not only in the docstring of :mod:`icpo_eval.sandbox`. The kernel boundary
+(bubblewrap: read-only binds of the Python prefix only, a tmpfs, its own pid, user, network and
+mount namespaces) is tested with the audit hook off, so that only the kernel stops the program;
+those tests skip where bubblewrap cannot run. Hostile result lines are in
+``tests/test_hostile_results.py``, SQL in ``tests/test_sql_sandbox.py``, hostile replies and
+records in ``tests/test_hostile_inputs.py``, and a whole run in ``tests/test_hostile_run.py``.
 """
 
 from __future__ import annotations
