@@ -297,3 +297,45 @@ def derive_seed(base_seed: int, *parts: object) -> int:
     """A 32-bit seed derived from a base seed and any identifying parts (stable across runs)."""
     key = json.dumps([base_seed, *[str(p) for p in parts]])
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading untrusted JSON (task files, LiC fields, test cases)
+
+#: Caps on task data, so that a hostile file is one clear error rather than a hang, a crash
+#: deep in a run or gigabytes of memory: how deep a record's JSON nests, and
+#: how many digits one of its integers may have (Python itself stops at 4,300).
+MAX_JSON_DEPTH = 64
+MAX_INT_DIGITS = 1000
+#: What :func:`json.loads` raises on hostile text: ValueError (JSONDecodeError, an int past
+#: Python's digit limit), RecursionError past the recursion limit, MemoryError.
+JSON_ERRORS = (ValueError, RecursionError, MemoryError)
+
+
+def check_json_shape(value: Any, where: str) -> None:
+    """Refuse decoded JSON nested deeper than :data:`MAX_JSON_DEPTH` or holding an integer of
+    more than :data:`MAX_INT_DIGITS` digits, with one IcpoError naming ``where``. Iterative, so
+    it cannot itself overflow the stack; linear in the number of values."""
+    max_bits = int(MAX_INT_DIGITS * 3.33) + 1
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (list, tuple, dict)):
+            if depth >= MAX_JSON_DEPTH:
+                raise IcpoError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH}; refused")
+            items = v.values() if isinstance(v, dict) else v
+            stack.extend((x, depth + 1) for x in items)
+        elif isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > max_bits:
+            raise IcpoError(f"{where}: an integer of more than {MAX_INT_DIGITS} digits; refused")
+
+
+def loads_checked(text: str | bytes, where: str) -> Any:
+    """:func:`json.loads` and :func:`check_json_shape`; one IcpoError naming ``where``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise IcpoError(f"{where}: malformed JSON (line {e.lineno}: {e.msg})") from None
+    except JSON_ERRORS as e:
+        raise IcpoError(f"{where}: malformed JSON ({type(e).__name__}: {str(e)[:100]})") from None
+    check_json_shape(value, where)
+    return value

@@ -23,46 +23,10 @@ from typing import Any
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import family_names, get_family
 from icpo_eval.paths import TASKS_DIR
-from icpo_eval.records import Instruction
+from icpo_eval.records import JSON_ERRORS, Instruction, check_json_shape, loads_checked
 
-#: Caps on task data, so that a hostile file is one clear error rather than a hang, a crash
-#: deep in a run or gigabytes of memory: one file's size, how deep a record's JSON nests, and
-#: how many digits one of its integers may have (Python itself stops at 4,300).
+#: The largest task file read (a FIFO or a device is refused whatever its size).
 MAX_TASK_FILE_BYTES = 2 * 2**30
-MAX_JSON_DEPTH = 64
-MAX_INT_DIGITS = 1000
-#: What :func:`json.loads` raises on hostile text besides JSONDecodeError: ValueError for an
-#: int past Python's digit limit, RecursionError past the recursion limit.
-_JSON_ERRORS = (ValueError, RecursionError, MemoryError)
-
-
-def check_json_shape(value: Any, where: str) -> None:
-    """Refuse decoded JSON nested deeper than :data:`MAX_JSON_DEPTH` or holding an integer of
-    more than :data:`MAX_INT_DIGITS` digits, with one IcpoError naming ``where``. Iterative, so
-    it cannot itself overflow the stack; linear in the number of values."""
-    max_bits = int(MAX_INT_DIGITS * 3.33) + 1
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, (list, tuple, dict)):
-            if depth >= MAX_JSON_DEPTH:
-                raise IcpoError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH}; refused")
-            items = v.values() if isinstance(v, dict) else v
-            stack.extend((x, depth + 1) for x in items)
-        elif isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > max_bits:
-            raise IcpoError(f"{where}: an integer of more than {MAX_INT_DIGITS} digits; refused")
-
-
-def _loads(text: str | bytes, where: str) -> Any:
-    """:func:`json.loads` and :func:`check_json_shape`; one IcpoError naming ``where``."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise IcpoError(f"{where}: malformed JSON (line {e.lineno}: {e.msg})") from None
-    except _JSON_ERRORS as e:
-        raise IcpoError(f"{where}: malformed JSON ({type(e).__name__}: {str(e)[:100]})") from None
-    check_json_shape(value, where)
-    return value
 
 
 def _instruction(rec: Any, where: str) -> Instruction:
@@ -109,7 +73,7 @@ def read_jsonl(path: str | Path) -> list[Instruction]:
                 if not line.strip():
                     continue
                 where = f"{p}:{lineno}"
-                out.append(_instruction(_loads(line, where), where))
+                out.append(_instruction(loads_checked(line, where), where))
         except UnicodeDecodeError:
             raise IcpoError(f"{p}: not UTF-8 text") from None
     return out
@@ -126,7 +90,7 @@ def load_lic(path: str | Path) -> list[Instruction]:
     p = Path(path)
     _check_file(p, "LiC file")
     try:
-        data = _loads(p.read_text(encoding="utf-8"), str(p))
+        data = loads_checked(p.read_text(encoding="utf-8"), str(p))
     except UnicodeDecodeError:
         raise IcpoError(f"{p}: not UTF-8 text") from None
     if isinstance(data, dict):  # tolerate {"instructions": [...]} or a single record
@@ -170,7 +134,7 @@ def _hf_record(row: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
             try:
                 rec[key] = json.loads(value)
-            except _JSON_ERRORS:
+            except JSON_ERRORS:
                 pass  # Instruction.from_dict names the bad field
     return rec
 

@@ -54,7 +54,7 @@ from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, register
 from icpo_eval.families.actions_catalogue import CATALOGUE
 from icpo_eval.families.text import fenced_blocks, outside_fences
-from icpo_eval.records import Instruction
+from icpo_eval.records import JSON_ERRORS, Instruction
 
 __all__ = [
     "ActionsFamily",
@@ -98,9 +98,6 @@ _MAX_VALUE_DEPTH = 32
 _MAX_INT_BITS = 1000
 #: Source text of an argument is cut to this many characters.
 _MAX_SOURCE_CHARS = 2000
-#: JSON parse errors: malformed text, ints past Python's digit limit (ValueError), nesting past
-#: the recursion limit.
-_JSON_ERRORS = (ValueError, RecursionError, MemoryError)
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
@@ -232,7 +229,7 @@ def _json_call(obj: Any, known: set[str], depth: int = 0) -> list[Call] | None:
         if isinstance(args, str):
             try:
                 args = json.loads(args)
-            except _JSON_ERRORS:
+            except JSON_ERRORS:
                 return None
         if not isinstance(args, dict) or not _plain(args):
             return None
@@ -253,7 +250,7 @@ def _json_calls(text: str, known: set[str]) -> list[Call] | None:
         got = _json_call(json.loads(stripped), known)
         if got:
             return got
-    except _JSON_ERRORS:
+    except JSON_ERRORS:
         pass
     decoder = json.JSONDecoder()
     found: list[list[Call]] = []
@@ -265,7 +262,7 @@ def _json_calls(text: str, known: set[str]) -> list[Call] | None:
                 break
             try:
                 obj, end = decoder.raw_decode(text, i)
-            except _JSON_ERRORS:
+            except JSON_ERRORS:
                 i += 1
                 continue
             got = _json_call(obj, known)
@@ -455,7 +452,7 @@ def _decoded(value: Any) -> Any:
     if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
         try:
             return json.loads(value)
-        except _JSON_ERRORS:
+        except JSON_ERRORS:
             return value
     return value
 

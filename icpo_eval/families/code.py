@@ -16,7 +16,6 @@ import ast
 import base64
 import binascii
 import io
-import json
 import pickle
 import re
 import zlib
@@ -26,7 +25,7 @@ from icpo_eval import sandbox
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, register
 from icpo_eval.families.text import Fence, fenced_blocks
-from icpo_eval.records import Instruction
+from icpo_eval.records import Instruction, loads_checked
 
 __all__ = ["CodeFamily", "decode_test_cases", "extract_code", "lic_test_cases"]
 
@@ -184,26 +183,12 @@ def _inflate(blob: bytes, where: str) -> bytes:
     return out
 
 
-def _safe_json(text: str | bytes, where: str) -> Any:
-    """:func:`json.loads`, then :func:`~icpo_eval.tasksets.check_json_shape` (depth, digits);
-    one IcpoError naming ``where`` for whatever fails (Python's digit limit raises ValueError,
-    nesting past the recursion limit RecursionError)."""
-    from icpo_eval.tasksets import check_json_shape
-
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError, MemoryError) as e:
-        raise IcpoError(f"{where}: not JSON ({type(e).__name__}: {str(e)[:100]})") from None
-    check_json_shape(data, where)
-    return data
-
-
 def decode_test_cases(raw: Any, where: str = "test cases") -> list[dict[str, Any]]:
     """LiveCodeBench test cases: a JSON list, or base64 of zlib of a pickled JSON string.
 
     Hostile records are refused with one :class:`IcpoError` naming ``where``: text or inflated
     data past :data:`MAX_TEST_CASES_BYTES`, JSON nested too deep or with too long a number
-    (:func:`~icpo_eval.tasksets.check_json_shape`), a pickle that is anything but one string
+    (:func:`~icpo_eval.records.check_json_shape`), a pickle that is anything but one string
     (:func:`_check_pickle`).
     """
     if raw is None or raw == "":
@@ -213,7 +198,7 @@ def decode_test_cases(raw: Any, where: str = "test cases") -> list[dict[str, Any
         if len(raw) > MAX_TEST_CASES_BYTES:
             raise IcpoError(f"{where}: over {MAX_TEST_CASES_BYTES // 2**20} MiB; refused")
         if raw.lstrip()[:1] in ("[", "{", '"'):
-            data = _safe_json(raw, where)
+            data = loads_checked(raw, where)
         else:
             try:
                 blob = _inflate(base64.b64decode(raw, validate=False), where)
@@ -227,7 +212,7 @@ def decode_test_cases(raw: Any, where: str = "test cases") -> list[dict[str, Any
                     f"{where}: neither JSON nor base64(zlib(pickle(JSON))) ({str(e)[:100]})"
                 ) from None
             if isinstance(data, (str, bytes)):
-                data = _safe_json(data, f"{where} (unpickled)")
+                data = loads_checked(data, f"{where} (unpickled)")
     if not isinstance(data, list):
         raise IcpoError(f"{where}: expected a list of test cases, got {type(data).__name__}")
     out = []
@@ -245,7 +230,7 @@ def _metadata(inst: Instruction) -> dict[str, Any]:
     meta = inst.fields.get("metadata") or {}
     if isinstance(meta, str):
         try:
-            meta = _safe_json(meta, f"{inst.task_id} metadata") if meta.strip() else {}
+            meta = loads_checked(meta, f"{inst.task_id} metadata") if meta.strip() else {}
         except IcpoError:
             raise IcpoError(f"{inst.task_id}: metadata is not JSON") from None
     return meta if isinstance(meta, dict) else {}
@@ -357,8 +342,8 @@ class CodeFamily(Family):
                 for c in functional:
                     where = f"{inst.task_id}: test case"
                     lines = [ln for ln in c["input"].split("\n") if ln.strip()]
-                    args.append([_safe_json(ln, where) for ln in lines])
-                    expected.append(_safe_json(c["output"], where))
+                    args.append([loads_checked(ln, where) for ln in lines])
+                    expected.append(loads_checked(c["output"], where))
                 _, d = self._grade_calls(answer, name, args, expected)
                 passed += d["passed"]
                 details.append(d)
