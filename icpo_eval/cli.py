@@ -115,6 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--bootstrap", type=int, default=1000, help="resamples for the intervals (0: none)"
     )
 
+    rj = sub.add_parser(
+        "rejudge",
+        help="judge a stored run again (categories, scores, rewards) into a new run folder",
+    )
+    rj.add_argument("run_dir")
+    rj.add_argument("--judge", required=True, help="rule or llm:MODEL")
+    rj.add_argument("--out", default=None, help="new run folder (default RUN-rejudged-JUDGE)")
+    rj.add_argument(
+        "--tasks", default=None, help="the run's task source, when it is no longer where it was"
+    )
+    rj.add_argument("--judge-api-base", action="append", default=[])
+    rj.add_argument("--concurrency", type=_positive_int, default=8, help="conversations at once")
+    rj.add_argument("--no-cache", action="store_true", help="bypass the response cache")
+    rj.add_argument("--timeout", type=float, default=120.0, help="seconds per API attempt")
+    rj.add_argument("--max-attempts", type=_positive_int, default=6, help="tries per API call")
+
     ex = sub.add_parser("export", help="every judged assistant turn of a run as reward data")
     ex.add_argument("run_dir")
     ex.add_argument("--format", default="jsonl", choices=["jsonl", "hf", "verl"])
@@ -230,6 +246,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rejudge(args: argparse.Namespace) -> int:
+    from icpo_eval.leaderboard import summary_table
+    from icpo_eval.rejudge import rejudge
+    from icpo_eval.store import load_run
+
+    result = rejudge(
+        args.run_dir,
+        args.judge,
+        out=args.out,
+        tasks=args.tasks,
+        spec_overrides={
+            "judge_api_base": _urls(args.judge_api_base),
+            "concurrency": args.concurrency,
+            "cache": not args.no_cache,
+            "timeout": args.timeout,
+            "max_attempts": args.max_attempts,
+        },
+    )
+    changed = sum(result.changes.values())
+    print(
+        f"{result.written} conversations re-judged ({result.turns} assistant turns, {changed} "
+        f"changed category), {result.skipped} already done, {result.failed} failed, "
+        f"{result.unmatched} without their instruction -> {result.out}"
+    )
+    for (old, new), n in result.changes.most_common():
+        print(f"  {old} -> {new}: {n}")
+    if result.written or result.skipped:
+        print(summary_table(load_run(result.out)[1]))
+    return 1 if result.failed else 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from icpo_eval.export import export_run
     from icpo_eval.selection import load_selection
@@ -294,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": cmd_run,
         "leaderboard": cmd_leaderboard,
         "report": cmd_report,
+        "rejudge": cmd_rejudge,
         "export": cmd_export,
         "train": cmd_train,
         "tasks": cmd_tasks,

@@ -137,6 +137,7 @@ class ConversationState:
             reward=v.reward,
             truncated=gen.truncated,
             judge=v.judge,
+            judge_version=v.judge_version,
             note=f"reward withheld: {v.withheld}" if v.withheld else None,
             latency_s=gen.latency_s,
             tokens_in=gen.tokens_in,
@@ -188,12 +189,18 @@ class ConversationState:
 
     def _finish(self) -> None:
         self.done = True
-        rec = self.record
-        attempts = [
-            (i, t) for i, t in enumerate(rec.assistant_turns, 1) if t.category == "answer_attempt"
-        ]
-        if rec.error is None:  # a failed conversation is left out of the scores, never 0
-            rec.final_score = float(attempts[-1][1].score or 0.0) if attempts else 0.0
-            rec.ever_correct = any(t.score == 1.0 for _, t in attempts)
-        rec.first_answer_turn = attempts[0][0] if attempts else None
-        rec.finished_at = _now()
+        score_conversation(self.record)
+        self.record.finished_at = _now()
+
+
+def score_conversation(rec: Conversation) -> None:
+    """Set a conversation's scores from its judged turns: ``final_score`` (the last answer
+    attempt's score, 0 with none), ``ever_correct`` and ``first_answer_turn``. A failed
+    conversation is left out of the scores (None), never 0."""
+    attempts = [
+        (i, t) for i, t in enumerate(rec.assistant_turns, 1) if t.category == "answer_attempt"
+    ]
+    if rec.error is None:
+        rec.final_score = float(attempts[-1][1].score or 0.0) if attempts else 0.0
+        rec.ever_correct = any(t.score == 1.0 for _, t in attempts)
+    rec.first_answer_turn = attempts[0][0] if attempts else None

@@ -71,6 +71,8 @@ COLUMNS = (
     "score",
     "reward",
     "truncated",
+    "judge",  # which judge decided the category, and its version (run rows only)
+    "judge_version",
 )
 
 
@@ -112,6 +114,8 @@ def turn_rows(conv: Conversation, inst: Instruction) -> list[dict[str, Any]]:
                     score=turn.score,
                     reward=turn.reward,
                     truncated=turn.truncated,
+                    judge=turn.judge,
+                    judge_version=turn.judge_version,
                 )
             )
         messages.append({"role": turn.role, "content": turn.content})

@@ -12,29 +12,57 @@ Lost-in-Conversation categories an assistant turn falls into (Laban et al. 2025,
 - ``missing``: empty.
 
 The ``rule`` judge below is the offline default. It works on surface cues, in this order:
-empty → hedge cues → an explicit final answer → questions/requests addressed to the user →
-refusal phrases → an implicit numeric conclusion → discussion. Its accuracy is measured in
-``tests/test_judges.py`` on hand-labelled responses (a development set and a held-out set).
-Invisible characters (zero-width spaces, joiners) do not count: a reply of only those is
-``missing``. A reply without any digit is read with its numbers in words as digits
+empty → hedge cues → an explicit final answer → a concluding sentence ("So ...") with a new
+number → questions/requests addressed to the user → refusal phrases → partial results → an
+implicit numeric conclusion → discussion. For the families whose answer has a shape of its own
+(code, SQL, function calls: :func:`shaped_classify`), the family's extractor decides whether
+there is an answer and :meth:`~icpo_eval.families.Family.answer_problem` whether it is one
+complete answer; then the prose around the code is read by the same rules, except that prose
+cannot answer or hedge there. Its accuracy is measured in ``tests/test_judges.py`` on
+hand-labelled replies (development and held-out sets, of the embedded model and in the style of
+strong chat models; ``tests/data/JUDGE_LABELS.md`` is the labelling standard). Invisible
+characters (zero-width spaces, joiners) do not count: a reply of only those is ``missing``. A
+reply without any digit is read with its numbers in words as digits
 (:func:`~icpo_eval.families.text.digits_for_number_words`), so that "seven", "I think it's
 seven." and "twelve apples" commit to a number as "7" would; number words in working ("the sum
-of four numbers") are not read as results, only a closing statement of one.
+of four numbers") are not read as results, only a closing statement of one. Sentences are split
+with titles and abbreviations kept whole ("Ms. Lee"), and a trailing emoji is no sentence.
 
-Conventions for borderline replies (the labelled sets follow them):
+Conventions for borderline replies (the labelled sets follow them; Lost in Conversation's
+definitions: an answer attempt is complete, "not templated or hypothetical", and the
+conversation could end on it):
 
-- one committed final number makes an answer attempt, whatever else the reply holds: working with
-  rhetorical questions, a closing offer ("Anything else?"), an uncertain tone, one stated
-  assumption leading to one outcome;
+- one committed final answer makes an answer attempt, whatever else the reply holds: working
+  with rhetorical questions, a closing offer or check ("Anything else?", "Does that match your
+  answer key?"), an uncertain tone ("I can't be certain, but it's probably 40"), one stated
+  assumption leading to one outcome ("Assuming ..., roughly 56"), a concluding "So ... 50
+  books." followed by a question;
 - a reply that ends by stating a number of the very thing the user asks about ("Noah has 10
   brownies." after "How many brownies ...?") is an answer attempt even when the number is one
   the user gave: echoing the user must not pass for holding back;
-- two or more outcomes under different assumptions make a hedge (also as a table or several
-  boxed answers), even when one is preferred or the reply ends by asking which was meant;
-- questions and direct requests addressed to the user count, one or several; a self-answered
-  question is working; one question in a reply of more than 100 words is a discussion;
-- a short decline, even one naming what is missing, is a refusal; restating facts, partial
-  results and explaining what is needed, without asking, is a discussion.
+- a result the reply calls partial ("so far", "running total", "I'll hold off ...") is not an
+  answer: with no question, such a reply is a discussion;
+- code, a query or calls with placeholders (``'<FIRST_NAME>'``, ``'YYYY-MM-DD'``, ``:tier``, a
+  ``...`` body, ``# TODO``), a fragment (a lone ``WHERE`` clause, only private helpers) are no
+  answer; two different ones offered per reading ("Option A ... / Option B ...") make a hedge;
+- two or more outcomes under different assumptions make a hedge (also as a table, several boxed
+  answers, "Reading A ... / Reading B ..." or "two ways to read this" with an answer in bold
+  each), even when one is preferred or the reply ends by asking which was meant;
+- questions and direct requests addressed to the user count, one or several, wherever they
+  stand; a compound question with one question mark is one; a self-answered question is
+  working; a closing offer ("Let me know if you need anything else", "Want me to add tests?")
+  is none, but a question that asks what to do ("Which currency would you like me to use?")
+  is; a vague one alone ("Anything else I should know?") makes a discussion; one question in a
+  reply of more than 100 words is a discussion; question marks in table cells and inline code
+  are not questions;
+- a decline is a refusal by its meaning ("I'd prefer not to guess", "there's no way to know",
+  "I'll hold off"), however long it explains itself, unless it asks something (then it is a
+  clarification or interrogation) or works the problem part of the way (a discussion);
+  restating facts, partial results and explaining what is needed, without asking, is a
+  discussion.
+
+The rule judge's :data:`RULE_JUDGE_VERSION` is recorded on every turn it decides; an LLM
+judge's version is its prompt's hash.
 
 Truncation (the reply hit the token limit) is not a category: it is recorded on the turn, and
 the ICPO reward never counts a truncated reply as a non-answer, so that a policy cannot earn the
@@ -46,6 +74,7 @@ the task, are in :mod:`icpo_eval.reward`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +83,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, get_family
 from icpo_eval.families.text import (
+    BRANCHING,
     NUMBER_PATTERN,
     digits_for_number_words,
     numbers,
@@ -62,6 +92,7 @@ from icpo_eval.families.text import (
     visible_text,
 )
 from icpo_eval.models.base import Messages
+from icpo_eval.paths import PROMPTS_DIR
 from icpo_eval.prompting import first_json_object, render_prompt
 from icpo_eval.records import CATEGORIES, Instruction
 
@@ -102,14 +133,29 @@ _HEDGE_CUES = re.compile(
 )
 _TABLE_ROW = re.compile(r"^\s*\|.*\d.*\|\s*$", re.M)
 _REFUSE = re.compile(
-    r"\b(?:i(?:'m| am)? (?:sorry|afraid)|i can(?:no|')t|i can ?not|i(?:'m| am) (?:not able|unable)"
-    r"|i won'?t (?:be able|guess|answer)|i(?:'d| would) rather not"
+    r"\b(?:i(?:'m| am)? (?:sorry|afraid)|i(?:'m| am) (?:not able|unable)"
+    r"|i (?:can(?:no|')t|can ?not)"
+    r"(?! (?:be (?:certain|sure|100%)|(?:say|know|tell) for (?:sure|certain)|guarantee))"
+    r"|i won'?t (?:be able|guess|answer|put|give|write|run|make|hand|commit|pick|invent|assume)"
+    r"|i(?:'d| would) (?:rather|prefer) not|i(?:'ll| will) (?:hold off|refrain)"
+    r"|i(?:'m| am) not (?:going|willing) to (?:guess|answer|invent|make|pick|write|run)"
+    r"|i (?:don't|do not) want to (?:guess|invent|make up|pick)"
+    r"|(?:there's|there is) no way (?:to|of|for me to) (?:know|tell|say|determin|work|be sure)"
+    r"|rather than (?:guess|act on guesses|invent)"
     r"|unable to (?:answer|solve|help|determine|compute|calculate)"
     r"|(?:not|isn't|is not) possible to (?:answer|solve|determine|say|calculate|compute)"
     r"|impossible to (?:answer|solve|determine|say|calculate|compute)"
     r"|(?:not|isn't|is not|there's not|there is not) enough (?:info|information|detail|data)"
     r"|can(?:no|')t be (?:answered|solved|determined|calculated|computed)"
     r"|(?:i )?(?:must|have to|need to|will) (?:decline|pass)|not (?:something )?i can help)",
+    re.I,
+)
+#: Words that call a result partial: a number stated with them is not the final answer.
+_PARTIAL = re.compile(
+    r"\b(?:so far|for now|running (?:count|total|tally)|sub-?totals?|partial|intermediate|"
+    r"before the rest|at this point|starting point|(?:not|isn't|is not) (?:yet )?(?:the )?final|"
+    r"rather than the final|until i know|until you (?:tell|say|confirm|let)|hold off|"
+    r"so far,)",
     re.I,
 )
 # A request for information phrased without a question mark.
@@ -119,27 +165,46 @@ _REQUEST = re.compile(
     r"how much)\b",
     re.I,
 )
-# Closing offers that end many answers: not questions about the task.
+# Closing offers and checks that end many answers: not questions about the task.
 _CLOSING = re.compile(
-    r"\b(?:anything else|any other questions?|further questions|more questions|other questions|"
-    r"need (?:any )?(?:more )?help|help (?:you )?with (?:anything|something) else|"
-    r"hope (?:this|that) helps|let me know if|feel free|would you like me to|shall i|"
-    r"want me to|(?:does|did) (?:that|this) (?:make sense|help))\b",
+    r"\b(?:anything else(?=\s*[?!.]|\s*$| i can| you(?:'d| would)? (?:like|need|want))|"
+    r"(?:is there|there's) anything else(?! (?:i should|i need|to|you can tell|that))|"
+    r"(?:any )?(?:other|more|further) questions|"
+    r"need (?:any )?(?:more |further |other )?help|help (?:you )?with (?:anything|something) else|"
+    r"hope (?:this|that) helps|let me know if (?:you|there(?:'s| is) anything|this|that|anything)|"
+    r"feel free|happy to help|"
+    r"(?:would you like|do you want|want) me to (?:explain|walk|add|show|write|break|go|provide|"
+    r"elaborate|expand|include|also|make|turn|format|test|run|wrap|extend|optimi[sz]e)|"
+    r"shall i (?:explain|also|add|walk|show|go|write)|"
+    r"(?:does|did) (?:that|this|it) (?:make sense|help|match|look right|sound right|work for you|"
+    r"answer your question|line up|agree)|"
+    r"(?:is|was) (?:that|this) (?:helpful|clear|what you (?:wanted|needed|were looking for)))",
     re.I,
 )
+#: A question that asks nothing in particular: with no other, the reply is a discussion.
+_VAGUE = re.compile(
+    r"\b(?:(?:is there )?anything else (?:i should|i need to|to|you can tell|you(?:'d| would) like "
+    r"to (?:add|share|tell))|any (?:other|more|further) (?:details|information|info|context)"
+    r"(?! about)|what else (?:should|do) i)\b",
+    re.I,
+)
+_WH_START = re.compile(r"^(?:which|what|how|when|where|who|whose|whom)\b(?! else)", re.I)
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+_TABLE_LINE = re.compile(r"^\s*\|.*\|\s*$", re.M)
 # The start of a sentence that answers the question just before it (a rhetorical step).
 _SELF_ANSWER = re.compile(r"^(?:it|that|this) (?:means|is|refers)\b|^(?:well|so),", re.I)
 _QUOTED = re.compile(r"\"[^\"\n]*\"|“[^”\n]*”")
 _CLARIFICATION_MAX_WORDS = 100
-_REFUSAL_MAX_WORDS = 80
 
 
 def user_questions(text: str) -> list[str]:
-    """Questions and requests addressed to the user (rhetorical steps and closings excluded)."""
+    """Questions and requests addressed to the user (rhetorical steps, closings, and question
+    marks in table cells or inline code excluded)."""
+    text = _TABLE_LINE.sub(" ", _INLINE_CODE.sub("``", text))
     sents = split_sentences(_QUOTED.sub('""', text))
     asked = []
     for i, s in enumerate(sents):
-        if _CLOSING.search(s):
+        if _CLOSING.search(s) and not _WH_START.match(s):
             continue
         is_question = "?" in s
         if not is_question and not _REQUEST.match(re.sub(r"^\d+[.)]\s*", "", s)):
@@ -154,11 +219,27 @@ def user_questions(text: str) -> list[str]:
     return asked
 
 
+#: A labelled branch: "Reading A", "Interpretation 2", "Option B", "Case 1".
+_BRANCH_LABEL = re.compile(
+    r"\b(?:reading|interpretation|option|case|scenario|version)\s*[(#]?([A-D1-4]|one|two)\b", re.I
+)
+_BOLD_NUMBER = re.compile(rf"\*\*[^*\n]{{0,60}}?{_NUM}[^*\n]{{0,60}}?\*\*")
+
+
 def _is_hedge(text: str) -> bool:
     """Several answers, one per assumption."""
     boxed = set(re.findall(r"\\boxed\{([^}]*)\}", text))
     if len(boxed) >= 2 or _EITHER.search(text):
         return True
+    # Readings side by side ("two reasonable ways to read this", "Reading A / Reading B"),
+    # each with its own answer in bold.
+    bold = {n for b in _BOLD_NUMBER.findall(text) for n in numbers(b)}
+    if len(bold) >= 2 and BRANCHING.search(text):
+        return True
+    labels = list(_BRANCH_LABEL.finditer(text))
+    if len({m.group(1).lower() for m in labels}) >= 2:
+        if len(set(numbers(text[labels[0].start() :]))) >= 2:
+            return True
     conditionals = len(_CONDITIONAL.findall(text)) + len(_WITH_OUTCOME.findall(text))
     if conditionals >= 2:
         # Conditional steps that end in one stated conclusion are working, not a hedge.
@@ -167,6 +248,18 @@ def _is_hedge(text: str) -> bool:
         return not (concluded and not re.search(r"\b(?:if|either|or)\b", last, re.I))
     cue = _HEDGE_CUES.search(text)
     return bool(cue and (conditionals >= 1 or len(_TABLE_ROW.findall(text)) >= 2))
+
+
+_CONCLUDING = re.compile(
+    r"^(?:so|therefore|thus|hence|in total|altogether|overall|in the end|that means|this means)\b",
+    re.I,
+)
+
+
+def _concludes(sentence: str, known: set[str]) -> bool:
+    """A sentence that opens as a conclusion ("So ...", "Therefore ...") and states a number
+    the user never gave: a committed answer, whatever questions follow it."""
+    return bool(_CONCLUDING.match(sentence)) and _commits_to_new_number(sentence, known)
 
 
 def _commits_to_new_number(sentence: str, known: set[str]) -> bool:
@@ -219,21 +312,41 @@ def rule_classify(response: str, context: str = "", question: str = "") -> str:
     return _classify(text, context, question, False)
 
 
-def _classify(text: str, context: str, question: str, from_words: bool) -> str:
-    if _is_hedge(text):
+def _classify(
+    text: str,
+    context: str,
+    question: str,
+    from_words: bool,
+    words: int | None = None,
+    answers: bool = True,
+) -> str:
+    """The rules of :func:`rule_classify` in order. ``words``: the reply's length when
+    ``text`` is part of it (its prose); ``answers`` False: the text cannot commit to an answer
+    nor hedge (prose around code, see :func:`shaped_classify`)."""
+    if answers and _is_hedge(text):
         return "hedge"
-    if any(p.search(text) for p in _EXPLICIT_ANSWER):
+    if answers and any(p.search(text) for p in _EXPLICIT_ANSWER):
+        return "answer_attempt"
+    partial = _PARTIAL.search(text) is not None
+    known = set(numbers(context))
+    sents = [s for s in split_sentences(text) if not _CLOSING.search(s)]
+    if answers and not partial and not from_words and any(_concludes(s, known) for s in sents):
+        # "So Noah ends up with 50 books. Has anything else changed?": an answer, then a check.
         return "answer_attempt"
     questions = user_questions(text)
-    words = len(text.split())
+    words = len(text.split()) if words is None else words
+    if questions and all(_VAGUE.search(q) for q in questions):
+        return "discussion"  # "Anything else I should know?" asks nothing in particular
     if len(questions) >= 2:
         return "interrogation"
     if len(questions) == 1:
         return "clarification" if words <= _CLARIFICATION_MAX_WORDS else "discussion"
-    if _REFUSE.search(text) and words <= _REFUSAL_MAX_WORDS:
+    # A refusal is one by what it says, however long it explains itself; one that works the
+    # problem part of the way ("15 students so far; I'll hold off ...") is a discussion.
+    if _REFUSE.search(text) and not (partial and "=" in text):
         return "refuse"
-    known = set(numbers(context))
-    sents = [s for s in split_sentences(text) if not _CLOSING.search(s)]
+    if not answers or partial:
+        return "discussion"
     if sents and _commits_to_new_number(sents[-1], known):
         return "answer_attempt"
     if sents and _states_asked_quantity(sents[-1], _asked_unit(question)):
@@ -250,17 +363,28 @@ def _classify(text: str, context: str, question: str, from_words: bool) -> str:
     return "discussion"
 
 
+#: The rule judge's version, recorded on every turn it decides (``Turn.judge_version``). Bump it
+#: with any change to the rules that can change a category: runs judged by different versions are
+#: then never merged into one leaderboard row (``icpo-eval rejudge`` brings an old run up to date).
+#: ``tests/test_judges.py`` holds a fingerprint of the rule judge's categories on the labelled
+#: sets and fails when they change under an unchanged version.
+RULE_JUDGE_VERSION = "2"
+
+
 @dataclass(frozen=True)
 class Decision:
     """A judge's category for one reply, and who decided it: the judge asked, or the judge it
-    fell back to (an LLM judge whose answers named no category falls back to the rule judge)."""
+    fell back to (an LLM judge whose answers named no category falls back to the rule judge),
+    with that judge's version."""
 
     category: str
     judge: str
+    version: str = ""
 
 
 class TurnJudge(Protocol):
     name: str
+    version: str
 
     def decide(
         self, inst: Instruction, family: Family, response: str, history: Messages
@@ -272,6 +396,7 @@ class _Judge:
     conversation loop (tests, audits) that have the instruction but not its family."""
 
     name: str
+    version: str = ""
 
     def decide(
         self, inst: Instruction, family: Family, response: str, history: Messages
@@ -286,27 +411,57 @@ class RuleJudge(_Judge):
     """The offline default judge: :func:`rule_classify`, given what the user said so far."""
 
     name = "rule"
+    version = RULE_JUDGE_VERSION
 
     def decide(
         self, inst: Instruction, family: Family, response: str, history: Messages
     ) -> Decision:
         users = [m["content"] for m in history if m["role"] == "user"]
         context, question = "\n".join(users), users[0] if users else ""
-        category = rule_classify(response, context, question)
-        if category == "hedge" and family.answer_by_extraction:
-            # The hedge cues read conditions with numbers ("if size <= 0: return []"); in a
-            # family whose answer is a program they count only in the prose around it.
-            prose = outside_fences(response, unclosed=True)
-            category = rule_classify(prose, context, question) if prose.strip() else "discussion"
-        if category not in ("answer_attempt", "hedge", "missing") and (
-            family.answer_by_extraction and family.extract(inst, response) is not None
-        ):
-            category = "answer_attempt"
-        return Decision(category, self.name)
+        if family.answer_by_extraction:
+            category = shaped_classify(inst, family, response, context, question)
+        else:
+            category = rule_classify(response, context, question)
+        return Decision(category, self.name, self.version)
+
+
+def shaped_classify(
+    inst: Instruction, family: Family, response: str, context: str = "", question: str = ""
+) -> str:
+    """The rule judge for a family whose answer has a shape of its own (a program, a query,
+    function calls: :attr:`~icpo_eval.families.Family.answer_by_extraction`).
+
+    An answer attempt is what the family's extractor takes from the reply, when it is one
+    complete answer (:meth:`~icpo_eval.families.Family.answer_problem`): several different
+    answers offered per reading make a hedge; a template or a fragment is no answer, and then
+    the prose around the code decides, as for any reply, except that prose cannot commit to an
+    answer of this shape (a number in it is not one) nor hedge without two answers.
+    """
+    text = visible_text(response or "").strip()
+    if not text:
+        return "missing"
+    answer = family.extract(inst, response)
+    if answer is not None:
+        problem = family.answer_problem(inst, response, answer)
+        if problem is None:
+            return "answer_attempt"
+        if problem == "alternatives":
+            return "hedge"
+    prose = outside_fences(text, unclosed=True).strip()
+    if not prose:
+        return "discussion"
+    return _classify(prose, context, question, False, words=len(text.split()), answers=False)
 
 
 class LLMJudge(_Judge):
-    """``llm:<model>``: the taxonomy asked of an LLM (``prompts/judge_llm.j2``, JSON output).
+    """``llm:<model>``: Lost-in-Conversation's categorisation asked of an LLM
+    (``prompts/judge_llm.j2``, JSON output).
+
+    The prompt follows the benchmark's definitions point by point and gives the judge what the
+    benchmark gives it: the whole task (the fully specified instruction and every shard), the
+    conversation so far, the reply, and the family's shape of an answer
+    (:attr:`~icpo_eval.families.Family.answer_shape`). Its version is the template's name and
+    the hash of its text, so a changed prompt is a new judge version.
 
     Greedy and sample 0, so the same reply in the same context always gets the same call (and
     the cache answers repeats). An answer that is not one of the seven categories is retried
@@ -328,10 +483,23 @@ class LLMJudge(_Judge):
         self.model = model
         self.name = f"llm:{model}"
         self.template = template
+        self.version = prompt_version(template)
         self.retries = max(0, retries)
         self.max_tokens = max_tokens
         self.client = ApiClient(model, api)
         self.rule = RuleJudge()
+
+    def prompt(self, inst: Instruction, family: Family, response: str, history: Messages) -> str:
+        """The judge's prompt for one reply (see the class doc)."""
+        return render_prompt(
+            self.template,
+            family=family.name,
+            answer_shape=family.answer_shape,
+            specification=family.full_prompt(inst),
+            shards=inst.shards,
+            history=history,
+            response=response,
+        )
 
     def decide(
         self, inst: Instruction, family: Family, response: str, history: Messages
@@ -339,23 +507,32 @@ class LLMJudge(_Judge):
         from icpo_eval.models.base import GenParams
 
         if not visible_text(response or "").strip():
-            return Decision("missing", self.name)
-        prompt = render_prompt(self.template, history=history, response=response)
-        messages = [{"role": "user", "content": prompt}]
+            return Decision("missing", self.name, self.version)
+        messages = [{"role": "user", "content": self.prompt(inst, family, response, history)}]
         params = GenParams(0.0, 1.0, self.max_tokens)
         for attempt in range(self.retries + 1):
             gen = self.client.complete(messages, params, "judge", attempt)
             category = parse_judge_reply(gen.text)
             if category is not None:
-                return Decision(category, self.name)
+                return Decision(category, self.name, self.version)
         fallback = self.rule.decide(inst, family, response, history)
-        return Decision(fallback.category, f"rule (fallback from {self.name})")
+        return Decision(fallback.category, f"rule (fallback from {self.name})", fallback.version)
+
+
+def prompt_version(template: str) -> str:
+    """``TEMPLATE@HASH``: the prompt template's name and the first 12 hex digits of the
+    SHA-256 of its text, the version of an LLM judge that uses it."""
+    text = (PROMPTS_DIR / template).read_bytes()
+    return f"{template}@{hashlib.sha256(text).hexdigest()[:12]}"
 
 
 def parse_judge_reply(text: str) -> str | None:
-    """The category of a judge's JSON reply, or None when it names none of the seven."""
+    """The category of a judge's JSON reply (``category``, or Lost-in-Conversation's own key
+    ``response_type``), or None when it names none of the seven."""
     obj = first_json_object(text or "")
-    category = obj.get("category") if isinstance(obj, dict) else None
+    category = None
+    if isinstance(obj, dict):
+        category = obj.get("category", obj.get("response_type"))
     if isinstance(category, str) and category.strip().lower() in CATEGORIES:
         return category.strip().lower()
     return None

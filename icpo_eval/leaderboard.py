@@ -39,6 +39,7 @@ COLUMNS = [
     "mean_reward",
     "simulator",
     "judge",
+    "judge_version",
     "version",
 ]
 
@@ -82,15 +83,31 @@ def user_runs(results: str | Path = RESULTS_DIR) -> list[Path]:
 
 
 #: Run settings that must agree before two runs' conversations are scored together.
-SETTINGS = ("temperature", "top_p", "max_new_tokens", "max_turns", "simulator", "judge", "version")
+SETTINGS = (
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "max_turns",
+    "simulator",
+    "judge",
+    "judge_version",
+    "version",
+)
+#: How a conversation written before judges had versions shows in the ``judge_version`` column.
+UNRECORDED = "unrecorded"
 
 
 def _settings(spec: RunSpec | None, conv: Conversation) -> dict[str, object]:
     """What a conversation was produced under: its run's spec, or its own record."""
-    own = {"simulator": conv.simulator, "judge": conv.judge, "version": conv.version}
+    own = {
+        "simulator": conv.simulator,
+        "judge": conv.judge,
+        "judge_version": conv.judge_version or UNRECORDED,
+        "version": conv.version,
+    }
     if spec is None:
         return own
-    return {k: getattr(spec, k) for k in SETTINGS} | own
+    return {k: getattr(spec, k) for k in SETTINGS if hasattr(spec, k)} | own
 
 
 #: Columns that are shares, turns or rewards (4 decimals); P, A90 and U90-10 get 2.
@@ -132,8 +149,12 @@ def collect(roots: Sequence[str | Path]) -> list[Conversation]:
                 for k in sorted(a.keys() | b.keys())
                 if a.get(k) != b.get(k)
             )
+            hint = ""
+            if a.get("judge") != b.get("judge") or a.get("judge_version") != b.get("judge_version"):
+                hint = f"; re-judge one with: icpo-eval rejudge RUN --judge {a.get('judge')}"
             raise IcpoError(
-                f"{' '.join(key)}: {dir_a} and {dir_b} were run with different settings ({diff})"
+                f"{' '.join(key)}: {dir_a} and {dir_b} were run with different settings "
+                f"({diff}){hint}"
             )
     return convs
 
@@ -149,6 +170,7 @@ def table(convs: Sequence[Conversation]) -> pd.DataFrame:
         row = {"model": model, "family": family, "mode": mode, **summary_row(group)}
         row["simulator"] = _joined(c.simulator for c in group)
         row["judge"] = _joined(c.judge for c in group)
+        row["judge_version"] = _joined(c.judge_version or UNRECORDED for c in group)
         row["version"] = _joined(c.version or "" for c in group)
         rows.append(row)
     df = pd.DataFrame(rows, columns=COLUMNS)

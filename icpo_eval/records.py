@@ -152,6 +152,7 @@ class Turn(_Json):
     reward: float | None = None  # ICPO reward of this assistant turn
     truncated: bool = False  # generation hit the token limit
     judge: str | None = None  # which judge decided the category
+    judge_version: str | None = None  # its version (None in records written before versions)
     latency_s: float | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
@@ -178,6 +179,13 @@ class Conversation(_Json):
     judge: str
     seed: int
     run_index: int
+    #: Version of the judge (``RULE_JUDGE_VERSION``, an LLM judge's prompt hash); each turn
+    #: records the version that decided it. None in records written before judges had versions.
+    judge_version: str | None = None
+    #: Set by ``icpo-eval rejudge``: the run folder whose conversations were judged again (the
+    #: trajectory is as it ran there, under that run's judge; categories, scores and rewards are
+    #: this record's judge's).
+    rejudged_from: str | None = None
     #: Number of shards of the instruction (for progress metrics; None in older records).
     n_shards: int | None = None
     turns: list[Turn] = field(default_factory=list)

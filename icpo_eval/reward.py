@@ -358,6 +358,7 @@ class Verdict:
     detail: dict[str, Any] | None  # evaluator's details (answer attempts only)
     reward: float  # ICPO reward
     judge: str  # which judge decided the category
+    judge_version: str  # that judge's version (RULE_JUDGE_VERSION, an LLM judge's prompt hash)
     #: Why a non-answer on an underspecified turn earns no reward (:func:`withheld_reason`);
     #: None when it is paid, and on every other turn.
     withheld: str | None = None
@@ -384,11 +385,12 @@ def judge_reply(
     broke = False
     try:
         decision = judge.decide(inst, family, response, history)
-        category, judged_by = decision.category, decision.judge
+        category, judged_by, version = decision.category, decision.judge, decision.version
     except INFRASTRUCTURE_ERRORS:
         raise
     except Exception as e:  # the rule judge asks family.extract, which the reply broke
         category, judged_by = "answer_attempt", getattr(judge, "name", "rule")
+        version = getattr(judge, "version", "")
         score, detail, broke = 0.0, {"error": error_text(e)}, True
     if category == "answer_attempt" and not broke:
         try:
@@ -401,7 +403,7 @@ def judge_reply(
     elif category in NON_ANSWERS and not fully_specified and not truncated:
         withheld = withheld_reason(inst, response, history, category, family)
     reward = icpo_reward(fully_specified, category, score, truncated, withheld is None)
-    return Verdict(category, answer, score, detail, reward, judged_by, withheld)
+    return Verdict(category, answer, score, detail, reward, judged_by, version, withheld)
 
 
 def icpo_reward(

@@ -151,6 +151,7 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
             model=spec.model,
             simulator=simulator.name,
             judge=judge.name,
+            judge_version=judge.version,
             seed=derive_seed(spec.seed, cid),
             run_index=r,
             n_shards=len(inst.shards),

@@ -92,11 +92,15 @@ def test_actions_deep_attribute_chain_scores_zero() -> None:
 def test_actions_bytes_set_and_complex_literals_score_zero() -> None:
     inst = committed("actions")
     name = _actions_call(inst)
-    for literal in ('b"CHF"', "{1, 2}", "1j", "..."):
+    for literal in ('b"CHF"', "{1, 2}", "1j"):
         reply = f"{name}(amount=3200, from_currency={literal}, to_currency='EUR')"
         v = judge(inst, reply)
         assert v.category == "answer_attempt" and v.score == 0.0, literal
         assert v.answer is not None and json.loads(v.answer)  # stored as plain JSON
+    # An elided argument leaves the call for the user to complete: a template, not an answer
+    # (Lost in Conversation's "not templated"), so it earns nothing on a fully specified turn.
+    v = judge(inst, f"{name}(amount=3200, from_currency=..., to_currency='EUR')")
+    assert v.category == "discussion" and v.reward == 0.0
 
 
 def test_actions_huge_hex_int_scores_zero() -> None:

@@ -32,6 +32,10 @@ class Family:
     #: the family before applying their own cues. Numeric families leave it False, because a
     #: number in a reply is as often the user's own number repeated as an answer.
     answer_by_extraction: bool = False
+    #: What a complete answer of this family is, in words the LLM judge is shown
+    #: (``prompts/judge_llm.j2``): Lost-in-Conversation's categorisation asks for an answer
+    #: attempt of the task's own shape ("one final number", "a complete SQL query").
+    answer_shape: str = "a complete, final answer to the user's request"
     #: True for families whose grading runs model-written programs in the sandbox; their
     #: conversations record the sandbox's strength, and ``--sandbox strict`` refuses to grade
     #: them without the kernel boundary.
@@ -107,6 +111,22 @@ class Family:
     def extract(self, inst: Instruction, response: str) -> str | None:
         """The answer the response commits to, normalised, or None."""
         raise NotImplementedError
+
+    def answer_problem(self, inst: Instruction, response: str, answer: str) -> str | None:
+        """Why ``answer``, extracted from ``response``, is not one complete and final answer of
+        the family's shape (Lost-in-Conversation: an answer attempt is "not templated or
+        hypothetical"), or None when it is one:
+
+        - ``"template"``: it leaves placeholders for the user to fill (``'<FIRST_NAME>'``,
+          ``'YYYY-MM-DD'``, a ``...`` body, ``amount=?``);
+        - ``"fragment"``: it is part of an answer (a lone ``WHERE`` clause);
+        - ``"alternatives"``: the reply offers several different answers, one per reading of
+          the task (a hedge).
+
+        The turn judges ask it of families with :attr:`answer_by_extraction`; the default finds
+        no problem.
+        """
+        return None
 
     def evaluate(self, inst: Instruction, answer: str | None) -> float:
         """Score in [0, 1] of an extracted answer against the instruction's reference."""

@@ -53,7 +53,7 @@ from typing import Any
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, register
 from icpo_eval.families.actions_catalogue import CATALOGUE
-from icpo_eval.families.text import fenced_blocks, outside_fences
+from icpo_eval.families.text import BRANCHING, fenced_blocks, outside_fences
 from icpo_eval.records import JSON_ERRORS, Instruction
 
 __all__ = [
@@ -96,6 +96,9 @@ _NAME_RE = re.compile(r"(?<![\w.])([A-Za-z_][\w.]*)\s*\(")
 #: holds up to 2**1024), is no argument any schema asks for: it is kept as source text.
 _MAX_VALUE_DEPTH = 32
 _MAX_INT_BITS = 1000
+#: The stand-in for an argument whose source cannot be written back (a tree too deep); it scores
+#: as a wrong value, never as a template's placeholder.
+UNREADABLE = "<unreadable>"
 #: Source text of an argument is cut to this many characters.
 _MAX_SOURCE_CHARS = 2000
 
@@ -123,7 +126,7 @@ def _source(node: ast.expr) -> str:
     try:
         return ast.unparse(node)[:_MAX_SOURCE_CHARS]
     except (RecursionError, MemoryError, ValueError):
-        return "<unreadable>"
+        return UNREADABLE
 
 
 def _ast_value(node: ast.expr) -> Any:
@@ -334,6 +337,58 @@ def parse_calls(text: str, functions: Sequence[dict[str, Any]] | None = None) ->
 
 
 # --------------------------------------------------------------------------------------------
+# Templates and alternatives
+# --------------------------------------------------------------------------------------------
+
+#: An argument value left for the user to fill: ``'<AMOUNT>'``, ``'?'``, ``'...'``,
+#: ``'YYYY-MM-DD'``, ``'TBD'``, ``'[DATE]'``, ``'{city}'``.
+_PLACEHOLDER_VALUE_RE = re.compile(
+    r"^(?:<[^<>]{1,40}>|\?+|\.\.\.|…|\[[A-Za-z_ ]{1,40}\]|\{(?:[A-Za-z_]\w{0,40}|\.\.\.|…)\}|"
+    r"TBD|TODO|FIXME|unknown|"
+    r"N/?A|X{2,})$|Y{4}-MM-DD|HH:MM",
+    re.I,
+)
+_INLINE_CODE_RE = re.compile(r"`([^`\n]{1,500})`")
+#: At most this many code blocks and inline spans are read for alternatives.
+_MAX_UNITS = 64
+
+
+def _placeholder(value: Any) -> bool:
+    if isinstance(value, str) and value != UNREADABLE:
+        return _PLACEHOLDER_VALUE_RE.search(value.strip()) is not None
+    if isinstance(value, list):
+        return any(_placeholder(v) for v in value[:100])
+    if isinstance(value, dict):
+        return any(_placeholder(v) for v in list(value.values())[:100])
+    return False
+
+
+def calls_answer_problem(
+    response: str, answer: str, functions: Sequence[dict[str, Any]] | None = None
+) -> str | None:
+    """See :meth:`Family.answer_problem`: ``answer`` is :meth:`ActionsFamily.extract`'s JSON.
+
+    A template: an argument holds a placeholder. Alternatives: one function called with
+    different arguments in different code blocks or inline spans, in a reply that offers them
+    per reading ("Option A … / Option B …", "depending on …"): calling one function several
+    times in one block is a plan, not a choice."""
+    calls = json.loads(answer)
+    if any(_placeholder(c.get("arguments")) for c in calls if isinstance(c, dict)):
+        return "template"
+    units = [f.body for f in fenced_blocks(response, unclosed=True)]
+    units += _INLINE_CODE_RE.findall(outside_fences(response, unclosed=True))
+    seen: dict[str, set[str]] = {}
+    for unit in units[:_MAX_UNITS]:
+        for call in parse_calls(unit, functions) or []:
+            key = json.dumps(call.arguments, sort_keys=True, default=str)
+            seen.setdefault(call.name, set()).add(key)
+    prose = outside_fences(response, unclosed=True)
+    if any(len(v) >= 2 for v in seen.values()) and BRANCHING.search(prose):
+        return "alternatives"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
 # Matching
 # --------------------------------------------------------------------------------------------
 
@@ -490,6 +545,10 @@ class ActionsFamily(Family):
     """Function calling; graded by comparing parsed calls with the allowed answers."""
 
     name = "actions"
+    answer_shape = (
+        "one or more function calls from the available functions, with concrete argument "
+        "values (no placeholders such as <AMOUNT> or ?)"
+    )
     system_prompt_template = "system_actions.j2"
     answer_by_extraction = True
     maker = "icpo_eval.families.actions_make"
@@ -518,6 +577,10 @@ class ActionsFamily(Family):
         if not calls:
             return None
         return json.dumps([c.to_dict() for c in calls], ensure_ascii=False)
+
+    def answer_problem(self, inst: Instruction, response: str, answer: str) -> str | None:
+        """See :func:`calls_answer_problem`."""
+        return calls_answer_problem(response, answer, instance_functions(inst))
 
     def evaluate(self, inst: Instruction, answer: str | None) -> float:
         return self.grade(inst, answer)[0]

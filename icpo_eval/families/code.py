@@ -24,7 +24,7 @@ from typing import Any
 from icpo_eval import sandbox
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, register
-from icpo_eval.families.text import Fence, fenced_blocks
+from icpo_eval.families.text import BRANCHING, Fence, fenced_blocks, outside_fences
 from icpo_eval.records import Instruction, loads_checked
 
 __all__ = ["CodeFamily", "decode_test_cases", "extract_code", "lic_test_cases"]
@@ -111,6 +111,71 @@ def extract_code(response: str, func_name: str | None = None) -> str | None:
     for src, tree in reversed(parsed):
         if func_name is None or _defined(tree):
             return src
+    return None
+
+
+#: Comments that leave work to the reader: ``# TODO``, ``# your code here``, ``# fill in``.
+_TODO_COMMENT_RE = re.compile(
+    r"#[^\n]*\b(?:TODO|FIXME|your (?:code|logic|implementation) here|fill (?:in|this)|"
+    r"implement (?:me|this|here)|replace (?:this|with))",
+    re.I,
+)
+_PLACEHOLDER_STR_RE = re.compile(r"^<[A-Za-z_][\w .-]{0,40}>$|^\?{3}$|^(?:TODO|TBD|FIXME)$")
+
+
+def _stub_body(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A body that does nothing yet: only a docstring, ``pass``, ``...`` or
+    ``raise NotImplementedError``."""
+    for stmt in fn.body:
+        if isinstance(stmt, ast.Pass):
+            continue
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            continue  # a docstring or a bare ``...``
+        if isinstance(stmt, ast.Raise) and "NotImplementedError" in ast.unparse(stmt):
+            continue
+        return False
+    return True
+
+
+def code_answer_problem(response: str, answer: str, func_name: str | None) -> str | None:
+    """See :meth:`Family.answer_problem`: ``answer`` is the block :func:`extract_code` took."""
+    tree = _parses(answer)
+    if tree is None:
+        return "fragment"
+    functions = [
+        n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
+    asked = [f for f in functions if f.name == func_name] or functions
+    elided = any(
+        isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and n.value.value is ...
+        for f in asked
+        for n in ast.walk(f)
+    )
+    placeholder = any(
+        isinstance(n, ast.Constant)
+        and isinstance(n.value, str)
+        and _PLACEHOLDER_STR_RE.match(n.value.strip())
+        for f in asked
+        for n in ast.walk(f)
+    )
+    todo = _TODO_COMMENT_RE.search(answer) is not None
+    if any(_stub_body(f) for f in asked) or elided or placeholder or todo:
+        return "template"
+    top = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    if top and all(name.startswith("_") for name in top):
+        return "fragment"  # only private helpers: the function they serve is still to come
+    if func_name and func_name not in top and func_name in response.replace(answer, ""):
+        return "fragment"  # a helper, while the reply names the asked function it leaves out
+    # Two different definitions of the asked function, offered per reading of the task.
+    names = {f.name for f in asked}
+    versions = set()
+    for fence in fenced_blocks(response, unclosed=False):
+        if _label(fence) in _PY_LANGS and (t := _parses(fence.body)) is not None:
+            if _defined(t) & names:
+                versions.add(ast.dump(t))
+    prose = outside_fences(response, unclosed=True)
+    if len(versions) >= 2 and BRANCHING.search(prose):
+        return "alternatives"
     return None
 
 
@@ -277,6 +342,10 @@ class CodeFamily(Family):
     """Python functions from sharded specifications, graded by hidden tests in the sandbox."""
 
     name = "code"
+    answer_shape = (
+        "a complete Python function of the asked behaviour, defined in full (no "
+        "placeholder, stub or elided body) and returning its result"
+    )
     system_prompt_template = "system_code.j2"
     answer_by_extraction = True
     uses_sandbox = True
@@ -304,6 +373,10 @@ class CodeFamily(Family):
     def extract(self, inst: Instruction, response: str) -> str | None:
         """See :func:`extract_code`; the function name comes from the instance."""
         return extract_code(response, _func_name(inst))
+
+    def answer_problem(self, inst: Instruction, response: str, answer: str) -> str | None:
+        """See :func:`code_answer_problem`."""
+        return code_answer_problem(response, answer, _func_name(inst))
 
     def evaluate(self, inst: Instruction, answer: str | None) -> float:
         return self.grade(inst, answer)[0]

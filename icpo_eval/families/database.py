@@ -33,7 +33,7 @@ from icpo_eval.families.database_exec import (
     execute_readonly,
     is_ordered,
 )
-from icpo_eval.families.text import fenced_blocks, outside_fences
+from icpo_eval.families.text import BRANCHING, PLACEHOLDER, fenced_blocks, outside_fences
 from icpo_eval.paths import TASKS_DIR, cache_dir
 from icpo_eval.records import Instruction
 
@@ -172,6 +172,42 @@ def extract_sql(response: str) -> str | None:
     return _tidy(_cut_prose(found[-1])) if found else None
 
 
+#: Parameters a template leaves for the user: ``:tier``, ``@year``, ``?`` (outside strings), and
+#: ``...`` where a condition or a value belongs.
+_SQL_PARAM_RE = re.compile(r"(?<![:\w]):[A-Za-z_]\w*|(?<!\w)@[A-Za-z_]\w*|\?|\.\.\.|…")
+_SQL_STRING_RE = re.compile(r"'(?:[^']|'')*'")
+_SQL_COMMENT_RE = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
+_HAS_FROM_RE = re.compile(r"\bFROM\b", re.I)
+
+
+def _queries(response: str) -> list[str]:
+    """Every complete query of the reply's SQL blocks (each block's last), normalised."""
+    out = []
+    for fence in fenced_blocks(response, unclosed=False):
+        if fence.lang in ("sql", "sqlite", "postgresql", "mysql", ""):
+            parts = [p.strip() for p in fence.body.split(";") if _STARTS_LIKE_SQL.match(p)]
+            if parts:
+                out.append(" ".join(_SQL_COMMENT_RE.sub(" ", parts[-1]).split()).lower())
+    return out
+
+
+def sql_answer_problem(response: str, answer: str) -> str | None:
+    """See :meth:`Family.answer_problem`: ``answer`` is the query :func:`extract_sql` took."""
+    code = _SQL_COMMENT_RE.sub(" ", answer)
+    if not _STARTS_LIKE_SQL.match(code) or not _HAS_FROM_RE.search(code):
+        return "fragment"
+    strings = _SQL_STRING_RE.findall(code)
+    bare = _SQL_STRING_RE.sub("''", code)
+    if PLACEHOLDER.search(code) or _SQL_PARAM_RE.search(bare):
+        return "template"
+    if any(s.strip("'").strip() in ("", "...", "…", "?", "X", "XXX") for s in strings if s != "''"):
+        return "template"
+    prose = outside_fences(response, unclosed=True)
+    if len(set(_queries(response))) >= 2 and BRANCHING.search(prose):
+        return "alternatives"
+    return None
+
+
 #: How a continuation line of a query starts; a line that starts otherwise is prose.
 _SQL_LINE_RE = re.compile(
     r"^\s*(?:[),(]|(?:FROM|WHERE|JOIN|INNER|LEFT|RIGHT|CROSS|NATURAL|ON|AND|OR|NOT|GROUP|ORDER|"
@@ -222,6 +258,10 @@ class DatabaseFamily(Family):
     """Text-to-SQL; graded by executing the query read-only and comparing result sets."""
 
     name = "database"
+    answer_shape = (
+        "one complete SQL query that answers the request (not a fragment such as a lone "
+        "WHERE clause, not templated with placeholders, not two queries for two readings)"
+    )
     system_prompt_template = "system_database.j2"
     answer_by_extraction = True
     maker = "icpo_eval.families.database_make"
@@ -243,6 +283,10 @@ class DatabaseFamily(Family):
     def extract(self, inst: Instruction, response: str) -> str | None:
         """See :func:`extract_sql`."""
         return extract_sql(response)
+
+    def answer_problem(self, inst: Instruction, response: str, answer: str) -> str | None:
+        """See :func:`sql_answer_problem`."""
+        return sql_answer_problem(response, answer)
 
     def evaluate(self, inst: Instruction, answer: str | None) -> float:
         return self.grade(inst, answer)[0]

@@ -122,6 +122,7 @@ class MathFamily(Family):
     """Arithmetic word problems; graded by exact match of the final number."""
 
     name = "math"
+    answer_shape = "one final number (the quantity asked for), stated as the result"
     system_prompt_template = "system_math.j2"
     #: :func:`icpo_eval.families.math_make.generate` (option ``mix``: the share of each level).
     maker = "icpo_eval.families.math_make"

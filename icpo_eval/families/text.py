@@ -30,7 +30,9 @@ import unicodedata
 from dataclasses import dataclass
 
 __all__ = [
+    "BRANCHING",
     "NUMBER_PATTERN",
+    "PLACEHOLDER",
     "UNICODE_MINUSES",
     "Fence",
     "digits_for_number_words",
@@ -244,18 +246,61 @@ def digits_for_number_words(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Templates and alternatives (what makes a code, SQL or call answer not a final one)
+# --------------------------------------------------------------------------------------------
+
+#: A placeholder a template leaves for the user to fill: ``<FIRST_NAME>``, ``<amount>``,
+#: ``{...}``, ``{year}``, ``YYYY-MM-DD``, ``???``, ``TODO``, ``FIXME``, ``your_table``. Not
+#: ``{}`` (an empty dict) nor ``a < b > c`` (the word must touch both brackets).
+PLACEHOLDER = re.compile(
+    r"<[A-Za-z_][\w .-]{0,40}>|\{(?:\.\.\.|…|[A-Za-z_]\w{0,40})\}|\bY{4}-MM-DD\b|\?{3}|"
+    r"\b(?:TODO|FIXME|TBD)\b|\byour_\w+",
+)
+#: Words that offer an answer per reading of the task: with two different answers of the
+#: family's shape in one reply, they make it a hedge ("If you meant X, use the first query").
+BRANCHING = re.compile(
+    r"\b(?:(?:if|in case) you (?:meant|mean|want|wanted|need|prefer|'d (?:rather|prefer|like))|"
+    r"(?:reading|interpretation|option|version|variant|case|scenario)\s*[(#]?(?:[A-D1-4]|one|two)\b|"
+    r"(?:two|both|several|multiple|different)\s+(?:[\w-]+\s+){0,2}?(?:readings|interpretations|"
+    r"ways|options|versions|variants|cases|scenarios|possibilities)|"
+    r"depending on|depends on (?:whether|what|which|how)|alternatively|whichever|"
+    r"(?:on the other hand|or,? if|but if|whereas if|if instead|if,? instead))",
+    re.I,
+)
+
+
+# --------------------------------------------------------------------------------------------
 # Sentences
 # --------------------------------------------------------------------------------------------
 
 _SENTENCE_BREAK_RE = re.compile(r"(?<=[.?!])\s+|\n+")
+#: Words whose full stop does not end a sentence: titles before a name ("Ms. Lee"), and the
+#: abbreviations of running text ("e.g.", "approx."); not "etc.", which mostly ends one.
+_ABBREVIATIONS = re.compile(
+    r"(?:^|[\s(\[])(?:mr|mrs|ms|mx|dr|prof|st|sr|jr|mt|vs|approx|no|fig|e\.g|i\.e|cf)\.$",
+    re.I,
+)
 
 
 def split_sentences(text: str) -> list[str]:
     """The sentences of ``text``: split after ``.?!`` followed by blank space and at line
     breaks, each stripped of blank space and of list and emphasis marks (``*-#>``); empty
-    pieces are dropped."""
-    parts = _SENTENCE_BREAK_RE.split(text)
-    return [p.strip(" \t*-#>") for p in parts if p.strip(" \t*-#>")]
+    pieces are dropped. A full stop after a title or a common abbreviation ("Ms. Lee",
+    "e.g. 5") does not end a sentence, and a piece without a letter or digit (a trailing
+    emoji, a rule ``---``) is not a sentence of its own: it joins the sentence before it."""
+    pieces = _SENTENCE_BREAK_RE.split(text)
+    out: list[str] = []
+    glue = False  # the previous piece ended in an abbreviation: this one continues it
+    for raw in pieces:
+        piece = raw.strip(" \t*-#>")
+        if not piece:
+            continue
+        if out and (glue or not any(ch.isalnum() for ch in piece)):
+            out[-1] = f"{out[-1]} {piece}"
+        else:
+            out.append(piece)
+        glue = bool(_ABBREVIATIONS.search(raw.rstrip())) and raw.endswith(".")
+    return out
 
 
 def visible_text(text: str) -> str:

@@ -84,6 +84,7 @@ class TranslationFamily(Family):
     """German → English document translation; graded by BLEU against ``document_en``."""
 
     name = "translation"
+    answer_shape = "the whole text translated into the target language"
     system_prompt_template = "system_translation.j2"
     answer_by_extraction = True
     #: The system prompt's "(for example, whether more of the document is coming)".
