@@ -9,6 +9,7 @@ the engine does not interpret (``question``, ``answer``, test cases ...) are kep
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -347,3 +348,36 @@ def loads_checked(text: str | bytes, where: str) -> Any:
         raise IcpoError(f"{where}: malformed JSON ({type(e).__name__}: {str(e)[:100]})") from None
     check_json_shape(value, where)
     return value
+
+
+#: The longest string :func:`decode_field` reads as a literal.
+MAX_FIELD_CHARS = 64 * 2**20
+
+
+def decode_field(value: Any, where: str = "field") -> Any:
+    """A record field that may arrive as a *string* holding JSON or a Python literal (LiC's
+    release writes ``metadata``, ``reference_answer``, ``raw_table`` ... so; Arrow columns need
+    one type across the records of every task): the decoded value, else ``value`` unchanged.
+
+    Only a string that starts like a container (``[``, ``{``, ``(``) is decoded, first as JSON,
+    then with :func:`ast.literal_eval` (literals only, never ``eval``); the result passes
+    :func:`check_json_shape`. A string of more than :data:`MAX_FIELD_CHARS` is refused.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text or text[0] not in "[{(":
+        return value
+    if len(text) > MAX_FIELD_CHARS:
+        raise IcpoError(f"{where}: a string field of {len(text)} characters; refused")
+    try:
+        decoded = json.loads(text)
+    except JSON_ERRORS:
+        try:
+            literal = ast.literal_eval(text)
+            # As JSON data: tuples become lists; sets, bytes, complex numbers stay a string.
+            decoded = json.loads(json.dumps(literal))
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return value
+    check_json_shape(decoded, where)
+    return decoded

@@ -128,6 +128,21 @@ class Family:
         """
         return None
 
+    def preflight(self, instructions: list[Instruction]) -> list[str]:
+        """Check, before the first model call of a run, what grading these instructions (all of
+        this family) will need: raise :class:`~icpo_eval.errors.IcpoError` (one line naming
+        every problem, e.g. every missing database and where it is expected) when the run could
+        not grade them, and return warning lines for what it can grade but not well (a
+        reference that returns no rows). The default checks nothing."""
+        return []
+
+    def with_grader(self, grader: str, api: Any = None) -> Family:
+        """This family graded by ``grader`` (``--grader``: ``rule`` or ``llm:MODEL``; ``api``:
+        how an LLM grader's calls travel, an :class:`~icpo_eval.models.api.ApiSettings`).
+        Families whose evaluation needs no model ignore it and return themselves; the summary
+        family returns a copy that grades with the LLM."""
+        return self
+
     def evaluate(self, inst: Instruction, answer: str | None) -> float:
         """Score in [0, 1] of an extracted answer against the instruction's reference."""
         raise NotImplementedError
