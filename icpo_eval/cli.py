@@ -52,7 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--judge", default="rule", help="rule or llm:MODEL")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--max-turns", type=_positive_int, default=8)
+    r.add_argument(
+        "--max-turns",
+        type=_positive_int,
+        default=None,
+        help="cap on assistant turns (default: the instruction's shard count + 2)",
+    )
+    r.add_argument(
+        "--grader",
+        default="rule",
+        help="how summary answers are graded: rule (offline approximation) or llm:MODEL",
+    )
+    r.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse task records of tasks icpo-eval does not have (default: skip, saying so)",
+    )
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     r.add_argument("--top-p", type=float, default=1.0)
     r.add_argument("--max-new-tokens", type=_positive_int, default=256)
@@ -83,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     api.add_argument("--simulator-api-base", action="append", default=[])
     api.add_argument("--judge-api-base", action="append", default=[])
+    api.add_argument("--grader-api-base", action="append", default=[])
     api.add_argument("--no-cache", action="store_true", help="bypass the response cache")
     api.add_argument("--timeout", type=float, default=120.0, help="seconds per API attempt")
     api.add_argument("--max-attempts", type=_positive_int, default=6, help="tries per API call")
@@ -125,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     rj.add_argument(
         "--tasks", default=None, help="the run's task source, when it is no longer where it was"
     )
+    rj.add_argument("--grader", default=None, help="regrade summary answers (default: the run's)")
     rj.add_argument("--judge-api-base", action="append", default=[])
+    rj.add_argument("--grader-api-base", action="append", default=[])
     rj.add_argument("--concurrency", type=_positive_int, default=8, help="conversations at once")
     rj.add_argument("--no-cache", action="store_true", help="bypass the response cache")
     rj.add_argument("--timeout", type=float, default=120.0, help="seconds per API attempt")
@@ -196,6 +214,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         api_base=_urls(args.api_base),
         simulator_api_base=_urls(args.simulator_api_base),
         judge_api_base=_urls(args.judge_api_base),
+        grader=args.grader,
+        grader_api_base=_urls(args.grader_api_base),
+        strict=args.strict,
         cache=not args.no_cache,
         timeout=args.timeout,
         max_attempts=args.max_attempts,
@@ -208,6 +229,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     _, convs = load_run(out)
     print(f"{result.written} conversations written, {result.skipped} already done -> {out}")
     print(summary_table(convs))
+    failed = [c for c in result.conversations if c.error is not None]
+    if result.written and len(failed) == result.written:
+        print(
+            f"icpo-eval: error: all {result.written} conversations failed (first: "
+            f"{failed[0].error})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -257,6 +286,8 @@ def cmd_rejudge(args: argparse.Namespace) -> int:
         out=args.out,
         tasks=args.tasks,
         spec_overrides={
+            **({"grader": args.grader} if args.grader else {}),
+            "grader_api_base": _urls(args.grader_api_base),
             "judge_api_base": _urls(args.judge_api_base),
             "concurrency": args.concurrency,
             "cache": not args.no_cache,
@@ -348,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
+    except BrokenPipeError:  # `icpo-eval tasks show NAME | head`: the reader has gone
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush does not fail again
+        return 0
     except IcpoError as e:
         print(f"icpo-eval: error: {e}", file=sys.stderr)
         return 2

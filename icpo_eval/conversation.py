@@ -11,7 +11,9 @@ Modes (DESIGN.md, Modes):
 - ``concat``: every shard as a bullet list in one user turn; one assistant turn.
 - ``sharded``: shard 1 first, then the simulator's turns. It stops at the first correct answer,
   or once every shard is revealed and the assistant has answered after that, and always after
-  ``max_turns`` assistant turns.
+  the turn cap (:func:`~icpo_eval.records.turn_cap`: ``--max-turns``, by default the shard
+  count plus a margin, so that a model that waits to hear everything can). A conversation that
+  reaches the cap with shards unrevealed says how many (``capped_unrevealed``).
 - ``recap``: a sharded conversation run to its end (same stop rules and cap), then one more user
   turn restating every shard as a bullet list (as ``concat``) and one more assistant turn, which
   decides the final score. The recap turn comes on top of the ``max_turns`` cap.
@@ -31,7 +33,7 @@ from icpo_eval import __version__
 from icpo_eval.families import Family
 from icpo_eval.judges import TurnJudge
 from icpo_eval.models.base import CallFailed, Generation, Messages
-from icpo_eval.records import Conversation, Instruction, Turn, derive_seed
+from icpo_eval.records import Conversation, Instruction, Turn, derive_seed, turn_cap
 from icpo_eval.reward import judge_reply
 from icpo_eval.simulator import Simulator, UserTurn
 
@@ -73,7 +75,7 @@ class ConversationState:
         system_prompt: str,
         simulator: Simulator,
         judge: TurnJudge,
-        max_turns: int,
+        max_turns: int | None,
     ):
         self.inst = inst
         self.family = family
@@ -81,7 +83,7 @@ class ConversationState:
         self.system_prompt = system_prompt
         self.simulator = simulator
         self.judge = judge
-        self.max_turns = max(1, max_turns)
+        self.max_turns = max(1, turn_cap(max_turns, inst))
         self.revealed: set[int] = set()
         self.done = False
         self.recapped = False
@@ -169,6 +171,8 @@ class ConversationState:
         if self.record.mode not in MULTI_TURN or self.recapped:
             return True
         if len(self.record.assistant_turns) >= self.max_turns:
+            unrevealed = sum(s.shard_id not in self.revealed for s in self.inst.shards)
+            self.record.capped_unrevealed = unrevealed or None
             return True
         if turn.category == "answer_attempt" and turn.score == 1.0:
             return True

@@ -33,6 +33,7 @@ COLUMNS = [
     "runs",
     "n_conversations",
     "failed",
+    "capped",
     "premature_answer_rate",
     "over_clarification_rate",
     "mean_first_answer_turn",
@@ -197,14 +198,14 @@ def summary_table(convs: list[Conversation]) -> str:
         groups[(c.family, c.mode)].append(c)
     lines = [
         f"{'family':<10} {'mode':<8} {'convs':>5} {'failed':>6} {'P':>6} {'A90':>6} "
-        f"{'U90-10':>6} {'premature':>9} {'overclar':>8}"
+        f"{'U90-10':>6} {'premature':>9} {'overclar':>8} {'capped':>6}"
     ]
     for (family, mode), group in sorted(groups.items()):
         r = summary_row(group)
         lines.append(
             f"{family:<10} {mode:<8} {r['n_conversations']:>5} {r['failed']:>6} {_f(r['P']):>6} "
             f"{_f(r['A90']):>6} {_f(r['U90_10']):>6} {_pct(r['premature_answer_rate']):>9} "
-            f"{_pct(r['over_clarification_rate']):>8}"
+            f"{_pct(r['over_clarification_rate']):>8} {r['capped']:>6}"
         )
     return "\n".join(lines)
 

@@ -221,6 +221,8 @@ def summary_row(convs: list[Conversation]) -> dict[str, float | int | None]:
     row["runs"] = round(len(ok) / len(per_inst), 2) if per_inst else 0
     row["n_conversations"] = len(ok)
     row["failed"] = len(convs) - len(ok)
+    # Conversations that hit the turn cap before every shard was said (--max-turns too low).
+    row["capped"] = sum(bool(c.capped_unrevealed) for c in ok)
     row["premature_answer_rate"] = premature_answer_rate(ok)
     row["over_clarification_rate"] = over_clarification_rate(ok)
     row["mean_first_answer_turn"] = mean_first_answer_turn(ok)["mean"]

@@ -196,6 +196,10 @@ class Conversation(_Json):
     #: 1-based index among assistant turns of the first answer attempt; None if none.
     first_answer_turn: int | None = None
     error: str | None = None
+    #: Shards never revealed when the conversation reached its turn cap (None when it ended
+    #: otherwise): with ``--max-turns`` below the shard count, a model that waits to hear
+    #: everything never can.
+    capped_unrevealed: int | None = None
     #: For families that run model-written code: ``strong`` (under bubblewrap) or ``weak`` (the
     #: fallback layers; see :func:`icpo_eval.sandbox.strength`); None for the others.
     sandbox: str | None = None
@@ -226,7 +230,9 @@ class RunSpec(_Json):
     simulator: str = "rule"
     judge: str = "rule"
     seed: int = 0
-    max_turns: int = 8
+    #: Cap on a multi-turn conversation's assistant turns; None: the instruction's shard count
+    #: plus :data:`TURN_MARGIN` (every shard can be revealed and answered).
+    max_turns: int | None = None
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 256
@@ -247,6 +253,12 @@ class RunSpec(_Json):
     transport: str = "auto"
     #: Evaluate an ICPO checkpoint on instructions it was trained on (refused by default).
     allow_train_overlap: bool = False
+    #: Refuse task records of tasks icpo-eval does not have, instead of skipping them.
+    strict: bool = False
+    #: How answers of families that need a model to grade them are graded (the summary
+    #: family): ``rule`` (the offline approximation) or ``llm:MODEL``.
+    grader: str = "rule"
+    grader_api_base: list[str] = field(default_factory=list)
     #: ``auto``: run model-written code under the strongest sandbox the machine allows, saying so
     #: when it is the weak one; ``strict``: refuse to run it without the kernel boundary.
     sandbox: str = "auto"
@@ -262,6 +274,7 @@ class RunSpec(_Json):
         "temperature",
         "top_p",
         "max_new_tokens",
+        "grader",
     )
 
     def check(self, model: bool = True) -> None:
@@ -276,7 +289,7 @@ class RunSpec(_Json):
                 f"unknown mode(s) {', '.join(bad) or '(none)'} (known: {', '.join(MODES)})"
             )
         for name in ("runs", "max_turns", "max_new_tokens", "batch_size", "concurrency"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise IcpoError(f"--{name.replace('_', '-')} must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise IcpoError("--limit must be at least 1")
@@ -288,12 +301,27 @@ class RunSpec(_Json):
             raise IcpoError("--timeout must be above 0 and --retry-wait at least 0")
         if self.max_attempts < 1:
             raise IcpoError("--max-attempts must be at least 1")
+        if self.grader != "rule" and not (
+            self.grader.startswith("llm:") and self.grader[4:].strip()
+        ):
+            raise IcpoError(f"--grader {self.grader!r}: rule or llm:MODEL")
         if self.sandbox not in SANDBOX_MODES:
             raise IcpoError(f"--sandbox {self.sandbox!r}: one of {', '.join(SANDBOX_MODES)}")
         if model:
             from icpo_eval.models import check_model_name
 
             check_model_name(self.model)
+
+
+#: Turns beyond the shard count that a multi-turn conversation may take by default: room for
+#: questions the simulator answers without revealing a shard, and for an answer after the last.
+TURN_MARGIN = 2
+
+
+def turn_cap(max_turns: int | None, inst: Instruction) -> int:
+    """The cap on a conversation's assistant turns: ``max_turns`` when given, else the
+    instruction's shard count plus :data:`TURN_MARGIN`."""
+    return max_turns if max_turns is not None else len(inst.shards) + TURN_MARGIN
 
 
 def conversation_id(task_id: str, mode: str, run_index: int, model: str) -> str:

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from icpo_eval.conversation import score_conversation
 from icpo_eval.errors import IcpoError
-from icpo_eval.families import get_family
+from icpo_eval.families import Family, get_family
 from icpo_eval.judges import TurnJudge, get_judge
 from icpo_eval.models.base import CallFailed
 from icpo_eval.records import Conversation, Instruction, RunSpec
 from icpo_eval.reward import judge_reply
-from icpo_eval.runner import api_settings, sandbox_strength
+from icpo_eval.runner import api_settings, graded_families, sandbox_strength
 from icpo_eval.store import RunStore, load_run
 from icpo_eval.tasksets import load_tasks
 
@@ -96,10 +96,18 @@ def rejudge(
             result.unmatched += 1
         else:
             todo.append(conv)
+    families = graded_families(new, {c.family for c in todo})
     try:
         with ThreadPoolExecutor(max_workers=max(1, new.concurrency)) as pool:
             jobs = [
-                pool.submit(_rejudge_one, c, instructions[(c.family, c.task_id)], judge, src)
+                pool.submit(
+                    _rejudge_one,
+                    c,
+                    instructions[(c.family, c.task_id)],
+                    families[c.family],
+                    judge,
+                    src,
+                )
                 for c in todo
             ]
             for job in jobs:
@@ -141,10 +149,9 @@ def _instructions(tasks: str, limit: int | None) -> dict[tuple[str, str], Instru
 
 
 def _rejudge_one(
-    conv: Conversation, inst: Instruction, judge: TurnJudge, src: Path
+    conv: Conversation, inst: Instruction, family: Family, judge: TurnJudge, src: Path
 ) -> tuple[Conversation, Counter[tuple[str, str]]]:
     """One conversation judged again: a new record, and the category changes it holds."""
-    family = get_family(inst.task)
     record = Conversation.from_dict(conv.to_dict())
     record.judge = judge.name
     record.judge_version = judge.version

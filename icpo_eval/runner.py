@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from icpo_eval import __version__
 from icpo_eval.conversation import ConversationState
 from icpo_eval.errors import IcpoError
-from icpo_eval.families import get_family
+from icpo_eval.families import Family, get_family
 from icpo_eval.judges import get_judge
 from icpo_eval.models import Backend, GenParams, load_backend
 from icpo_eval.models.base import Generation, Request, StreamingBackend
@@ -62,7 +62,7 @@ class RunResult:
 
 def plan(spec: RunSpec) -> list[tuple[str, Instruction, str, int]]:
     """Every (conversation id, instruction, mode, run index) the spec asks for."""
-    instructions = load_tasks(spec.tasks, spec.limit)
+    instructions = load_tasks(spec.tasks, spec.limit, spec.strict)
     if spec.model.startswith("hf/") and not spec.allow_train_overlap:
         check_no_training_overlap(spec.model[3:], instructions)
     return [
@@ -88,6 +88,56 @@ def check_no_training_overlap(checkpoint: str, instructions: list[Instruction]) 
             f"training data of {checkpoint}; evaluate on held-out instructions, or pass "
             "--allow-train-overlap"
         )
+
+
+def check_credentials(spec: RunSpec, model: bool = True) -> None:
+    """Stop, with one line naming the variable, when a model, simulator, judge or grader that
+    goes through litellm without a server of its own (``--*-api-base``) lacks the key its
+    provider needs: otherwise every conversation would retry and fail, after the others had
+    been paid for."""
+    from icpo_eval.models import model_kind
+
+    roles: list[tuple[str, str, list[str]]] = []
+    if model and model_kind(spec.model) == "api":
+        roles.append(("model", spec.model, spec.api_base))
+    for role, name, bases in (
+        ("simulator", spec.simulator, spec.simulator_api_base),
+        ("judge", spec.judge, spec.judge_api_base),
+        ("grader", spec.grader, spec.grader_api_base),
+    ):
+        if name.startswith("llm:"):
+            roles.append((role, name[4:], bases))
+    roles = [r for r in roles if not r[2]]
+    if not roles:
+        return
+    from icpo_eval.models.api import missing_credentials
+
+    for role, name, _ in roles:
+        missing = missing_credentials(name)
+        if missing:
+            base = "--api-base" if role == "model" else f"--{role}-api-base"
+            raise IcpoError(
+                f"the {role} {name} needs {' and '.join(missing)}, which is not set: set it in "
+                f"the environment, or give {base} for a server of your own"
+            )
+
+
+def preflight(spec: RunSpec, instructions: list[Instruction]) -> None:
+    """Every check that can fail before the first model call: each family's own
+    (:meth:`~icpo_eval.families.Family.preflight`: databases present and readable ...), its
+    warnings printed one line each."""
+    by_family: dict[str, list[Instruction]] = {}
+    for inst in instructions:
+        by_family.setdefault(get_family(inst.task).name, []).append(inst)
+    for name, insts in sorted(by_family.items()):
+        for line in get_family(name).preflight(insts):
+            print(f"icpo-eval: warning: {line}", file=sys.stderr)
+
+
+def graded_families(spec: RunSpec, names: set[str]) -> dict[str, Family]:
+    """The families of a run as ``--grader`` grades them (:meth:`Family.with_grader`)."""
+    api = api_settings(spec, spec.grader_api_base)
+    return {name: get_family(name).with_grader(spec.grader, api) for name in sorted(names)}
 
 
 def sandbox_strength(spec: RunSpec, instructions: list[Instruction]) -> str | None:
@@ -132,8 +182,12 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
     spec.check(model=backend is None)  # fail fast, before tasks are read
     simulator = get_simulator(spec.simulator, api_settings(spec, spec.simulator_api_base))
     judge = get_judge(spec.judge, api_settings(spec, spec.judge_api_base))
+    check_credentials(spec, model=backend is None)
     todo = plan(spec)
-    sandbox = sandbox_strength(spec, [inst for _, inst, _, _ in todo])
+    unique = list({id(inst): inst for _, inst, _, _ in todo}.values())
+    preflight(spec, unique)
+    families = graded_families(spec, {get_family(inst.task).name for inst in unique})
+    sandbox = sandbox_strength(spec, unique)
     store, done = RunStore.open(spec.out, spec)
     result = RunResult(out=Path(spec.out))
     states = []
@@ -141,7 +195,7 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
         if cid in done:
             result.skipped += 1
             continue
-        family = get_family(inst.task)
+        family = families[get_family(inst.task).name]
         record = Conversation(
             conversation_id=cid,
             run_id=run_id_of(spec),

@@ -10,20 +10,38 @@ A value is a comma-separated list of sources:
   or a local JSON/JSONL/Parquet file.
 
 ``limit`` keeps the first K instructions of each source.
+
+Every door reads the same LiC-format records through one function (:func:`lic_records`), with
+the same checks and messages:
+
+- fields that arrive as strings holding JSON or a Python literal (``metadata``, ``raw_table``,
+  ``reference_answer``, ``documents`` ...: :data:`ENCODED_FIELDS`) are decoded
+  (:func:`~icpo_eval.records.decode_field`: ``json``, then :func:`ast.literal_eval`, never
+  ``eval``); ``None`` values (Arrow's filler for other tasks' columns) are dropped;
+- records of a task icpo-eval does not have are skipped, counted per task in one warning line
+  (``strict=True``, ``--strict``: refused instead);
+- shards whose text is empty are dropped, counted in one warning line (a record left with no
+  shard is skipped);
+- a ``task_id`` that occurs again (another sharding of one problem) becomes ``ID#2``,
+  ``ID#3`` ..., in file order, so conversation ids stay stable across runs; one warning line
+  counts them;
+- every shard counts as required unless the record says otherwise (``required_shards``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import stat
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import family_names, get_family
 from icpo_eval.paths import TASKS_DIR
-from icpo_eval.records import JSON_ERRORS, Instruction, check_json_shape, loads_checked
+from icpo_eval.records import Instruction, check_json_shape, decode_field, loads_checked
 
 #: The largest task file read (a FIFO or a device is refused whatever its size).
 MAX_TASK_FILE_BYTES = 2 * 2**30
@@ -63,29 +81,31 @@ def _check_file(p: Path, what: str) -> None:
         raise IcpoError(f"{p}: over {MAX_TASK_FILE_BYTES // 2**30} GiB; refused")
 
 
-def read_jsonl(path: str | Path) -> list[Instruction]:
-    p = Path(path)
-    _check_file(p, "task file")
-    out = []
+def _jsonl_rows(p: Path) -> Iterator[tuple[Any, str]]:
     with open(p, encoding="utf-8") as f:
         try:
             for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{p}:{lineno}"
-                out.append(_instruction(loads_checked(line, where), where))
+                if line.strip():
+                    where = f"{p}:{lineno}"
+                    yield loads_checked(line, where), where
         except UnicodeDecodeError:
             raise IcpoError(f"{p}: not UTF-8 text") from None
-    return out
 
 
-def load_lic(path: str | Path) -> list[Instruction]:
-    """Lost-in-Conversation data (Laban et al. 2025): one JSON array of records.
+def read_jsonl(path: str | Path, strict: bool = False) -> list[Instruction]:
+    """Instructions, one JSON object a line (``tasks/*.jsonl``, or LiC records so written)."""
+    p = Path(path)
+    _check_file(p, "task file")
+    return lic_records(_jsonl_rows(p), str(p), strict)
+
+
+def load_lic(path: str | Path, strict: bool = False) -> list[Instruction]:
+    """Lost-in-Conversation data (Laban et al. 2025): one JSON array of records, as the
+    benchmark's release has it (all its tasks mixed in one file).
 
     ``{"task_id", "task", "shards": [{"shard_id", "shard"}], ...}``; math records also carry
-    ``question`` and a GSM8K-style ``answer`` whose last line is ``#### N``. Every LiC shard
-    counts as required (there is no ``required_shards`` field), which :class:`Instruction`
-    expresses as ``required_shards=None``.
+    ``question`` and a GSM8K-style ``answer`` whose last line is ``#### N``. Read by
+    :func:`lic_records` (see the module doc).
     """
     p = Path(path)
     _check_file(p, "LiC file")
@@ -97,12 +117,104 @@ def load_lic(path: str | Path) -> list[Instruction]:
         data = data.get("instructions", [data])
     if not isinstance(data, list):
         raise IcpoError(f"{p}: expected a JSON array of LiC records")
-    out = []
-    for i, rec in enumerate(data):
-        inst = _instruction(rec, f"{p} record {i}")
-        inst.required_shards = None
-        out.append(inst)
+    return lic_records(((rec, f"{p} record {i}") for i, rec in enumerate(data)), str(p), strict)
+
+
+#: Record fields that may arrive as strings holding JSON or a Python literal: LiC's release
+#: writes some so, and Arrow columns (the hub, any dataset saved from ours) need one type across
+#: the records of every task. ``public_test_cases``/``private_test_cases`` are not here: the
+#: code family decodes them itself, under its own caps.
+ENCODED_FIELDS = (
+    "shards",
+    "required_shards",
+    "function",
+    "reference_answer",
+    "fully_specified_question",
+    "metadata",
+    "raw_table",
+    "references",
+    "schema_tables",
+    "documents",
+    "insights",
+    "insightid2ref_citations",
+)
+
+
+def _decoded_record(rec: Any, where: str) -> Any:
+    """A record with ``None`` values dropped and :data:`ENCODED_FIELDS` decoded."""
+    if not isinstance(rec, dict):
+        return rec
+    out = {k: v for k, v in rec.items() if v is not None}
+    for key in ENCODED_FIELDS:
+        if key in out:
+            out[key] = decode_field(out[key], f"{where}: {key}")
     return out
+
+
+def _without_empty_shards(rec: Any) -> tuple[Any, int]:
+    """The record without shards whose text is empty, and how many were dropped."""
+    shards = rec.get("shards") if isinstance(rec, dict) else None
+    if not isinstance(shards, list):
+        return rec, 0
+    kept = [
+        s
+        for s in shards
+        if not (isinstance(s, dict) and isinstance(s.get("shard"), str) and not s["shard"].strip())
+    ]
+    if len(kept) == len(shards):
+        return rec, 0
+    return {**rec, "shards": kept}, len(shards) - len(kept)
+
+
+def lic_records(
+    rows: Iterable[tuple[Any, str]], source: str, strict: bool = False
+) -> list[Instruction]:
+    """Instructions from LiC-format records, each with where it was read (the one loader of
+    every door; its rules are in the module doc). Problems with one record raise one
+    :class:`IcpoError` naming it; what is skipped or renamed is said in one warning line each."""
+    known = set(family_names())
+    out: list[Instruction] = []
+    unknown: Counter[str] = Counter()
+    empty_shards = empty_records = 0
+    for rec, where in rows:
+        rec = _decoded_record(rec, where)
+        task = rec.get("task") if isinstance(rec, dict) else None
+        if isinstance(task, str) and task and task not in known:
+            if strict:
+                raise IcpoError(
+                    f"{where}: task {task!r} is not one icpo-eval has "
+                    f"(known: {', '.join(sorted(known))}); drop --strict to skip such records"
+                )
+            unknown[task] += 1
+            continue
+        if isinstance(task, str) and task:
+            rec = get_family(task).normalise_record(rec, where)
+        rec, dropped = _without_empty_shards(rec)
+        empty_shards += dropped
+        if dropped and not rec.get("shards"):
+            empty_records += 1
+            continue
+        check_json_shape(rec, where)
+        out.append(_instruction(rec, where))
+    if unknown:
+        what = ", ".join(f"{n} {t}" for t, n in sorted(unknown.items()))
+        if not out:
+            raise IcpoError(
+                f"{source}: no record of a task icpo-eval has ({what}; known: "
+                f"{', '.join(sorted(known))})"
+            )
+        _warn(f"{source}: skipped records of tasks icpo-eval does not have ({what})")
+    if empty_shards:
+        extra = f"; {empty_records} records had no other shard and were skipped" * bool(
+            empty_records
+        )
+        _warn(f"{source}: dropped {empty_shards} shards whose text is empty{extra}")
+    return out
+
+
+def _warn(line: str) -> None:
+    """One warning line on stderr (``icpo-eval: warning: ...``)."""
+    print(f"icpo-eval: warning: {line}", file=sys.stderr)
 
 
 def write_jsonl(instructions: list[Instruction], path: str | Path) -> None:
@@ -111,32 +223,6 @@ def write_jsonl(instructions: list[Instruction], path: str | Path) -> None:
     with open(p, "w", encoding="utf-8") as f:
         for inst in instructions:
             f.write(json.dumps(inst.to_dict(), ensure_ascii=False) + "\n")
-
-
-#: Record fields that LiC data on the Hugging Face hub (and any dataset saved from ours) keeps as
-#: JSON strings, because Arrow columns need one type across records of every family.
-_JSON_FIELDS = (
-    "shards",
-    "required_shards",
-    "function",
-    "reference_answer",
-    "fully_specified_question",
-)
-_log = logging.getLogger(__name__)
-
-
-def _hf_record(row: dict[str, Any]) -> dict[str, Any]:
-    """A dataset row as an instruction dict: JSON-string fields decoded, and the ``None``
-    values that Arrow gives to columns of other families' records dropped."""
-    rec = {k: v for k, v in row.items() if v is not None}
-    for key in _JSON_FIELDS:
-        value = rec.get(key)
-        if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
-            try:
-                rec[key] = json.loads(value)
-            except JSON_ERRORS:
-                pass  # Instruction.from_dict names the bad field
-    return rec
 
 
 def _split_hf_spec(spec: str) -> tuple[str, str | None]:
@@ -182,15 +268,13 @@ def _open_hf(name: str, split: str | None) -> Any:
     return ds
 
 
-def load_hf(spec: str) -> list[Instruction]:
+def load_hf(spec: str, strict: bool = False) -> list[Instruction]:
     """LiC-format records from a Hugging Face dataset.
 
     ``spec`` is ``NAME`` or ``NAME:SPLIT`` (default split ``train``, or the only one). NAME is a
     folder written by ``Dataset.save_to_disk``, a local JSON/JSONL/Parquet file, or a hub id
-    (downloaded when online; offline it loads only from the ``datasets`` cache). Records of
-    families icpo-eval does not have (LiC's ``summary``, ``data2text``) are skipped with a
-    warning, so that LiC's full release can be named directly. As for LiC files, every shard
-    counts as required unless a record carries ``required_shards``.
+    (downloaded when online; offline it loads only from the ``datasets`` cache). Read by
+    :func:`lic_records`, as every other door (see the module doc).
     """
     name, split = _split_hf_spec(spec)
     try:
@@ -204,34 +288,21 @@ def load_hf(spec: str) -> list[Instruction]:
     except Exception as e:  # datasets raises many types: offline, not found, bad files
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise IcpoError(f"hf:{spec}: cannot load dataset ({type(e).__name__}: {first})") from None
-    known = set(family_names())
-    out: list[Instruction] = []
-    skipped: dict[str, int] = {}
-    for i, row in enumerate(ds):
-        rec = _hf_record(dict(row))
-        task = str(rec.get("task", ""))
-        if task and task not in known:
-            skipped[task] = skipped.get(task, 0) + 1
-            continue
-        where = f"hf:{spec} record {i}"
-        check_json_shape(rec, where)
-        out.append(_instruction(rec, where))
-    if skipped:
-        what = ", ".join(f"{n} {t}" for t, n in sorted(skipped.items()))
-        _log.warning("hf:%s: skipped records of families icpo-eval does not have (%s)", spec, what)
-    return out
+    return lic_records(
+        ((dict(row), f"hf:{spec} record {i}") for i, row in enumerate(ds)), f"hf:{spec}", strict
+    )
 
 
-def load_source(source: str) -> list[Instruction]:
+def load_source(source: str, strict: bool = False) -> list[Instruction]:
     source = source.strip()
     if source.startswith("hf:"):
-        return load_hf(source[3:].strip())
+        return load_hf(source[3:].strip(), strict)
     if source.startswith("lic:"):
-        return load_lic(source[4:])
+        return load_lic(source[4:], strict)
     if source.endswith((".jsonl", ".json")) or "/" in source:
         if source.endswith(".json"):
-            return load_lic(source)
-        return read_jsonl(source)
+            return load_lic(source, strict)
+        return read_jsonl(source, strict)
     if source not in family_names():
         raise IcpoError(f"unknown task family {source!r} (known: {', '.join(family_names())})")
     path = TASKS_DIR / f"{source}.jsonl"
@@ -240,22 +311,37 @@ def load_source(source: str) -> list[Instruction]:
             f"no committed task set {path}; make one with "
             f"`icpo-eval tasks generate {source} --n 200 --seed 0 -o {path}`"
         )
-    return read_jsonl(path)
+    return read_jsonl(path, strict)
 
 
-def load_tasks(spec: str, limit: int | None = None) -> list[Instruction]:
+def load_tasks(spec: str, limit: int | None = None, strict: bool = False) -> list[Instruction]:
+    """The instructions of a ``--tasks`` value, in order; ``limit`` keeps the first K of each
+    source. A task id met again (in one source or across sources) becomes ``ID#2``, ``ID#3``
+    ..., said in one warning line."""
     out: list[Instruction] = []
-    seen: set[str] = set()
+    seen: Counter[str] = Counter()
+    renamed: list[str] = []
     for source in [s for s in spec.split(",") if s.strip()]:
-        insts = load_source(source)
+        insts = load_source(source, strict)
         if limit is not None:
             insts = insts[:limit]
         for inst in insts:
             get_family(inst.task)  # unknown family -> one clear error, before any work
-            if inst.task_id in seen:
-                raise IcpoError(f"duplicate task_id {inst.task_id!r} in --tasks {spec}")
-            seen.add(inst.task_id)
+            seen[inst.task_id] += 1
+            if seen[inst.task_id] > 1:
+                new_id = f"{inst.task_id}#{seen[inst.task_id]}"
+                while new_id in seen:  # an id that already looks like a renamed one
+                    seen[inst.task_id] += 1
+                    new_id = f"{inst.task_id}#{seen[inst.task_id]}"
+                renamed.append(inst.task_id)
+                inst.task_id = new_id
+                seen[new_id] += 1
             out.append(inst)
+    if renamed:
+        _warn(
+            f"--tasks {spec}: {len(renamed)} records repeat a task_id ({len(set(renamed))} ids, "
+            f"first {renamed[0]!r}); they are numbered ID#2, ID#3 ... in file order"
+        )
     if not out:
         raise IcpoError(f"--tasks {spec}: no instructions")
     return out

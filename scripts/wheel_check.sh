@@ -38,13 +38,15 @@ done
 
 ICPO="$WORK/venv/bin/icpo-eval"
 "$ICPO" tasks list | tee tasks.txt
-if grep -E "^(math|code|database|actions) .*no committed set" tasks.txt; then
+if grep -E "^(math|code|database|actions|data2text|summary) .*no committed set" tasks.txt; then
   echo "wheel check: the wheel lacks its task sets" >&2
   exit 1
 fi
-"$ICPO" run --model hosted_vllm/fake --api-base "$URL" --tasks math,code,database,actions \
-  --limit 2 --modes full,sharded --simulator rule --no-progress --out results/wheel
-test "$(wc -l < results/wheel/conversations.jsonl)" -eq 16
+"$ICPO" run --model hosted_vllm/fake --api-base "$URL" \
+  --tasks math,code,database,actions,data2text,summary --grader llm:hosted_vllm/fake-grader \
+  --grader-api-base "$URL" --limit 2 --modes full,sharded --simulator rule --no-progress \
+  --out results/wheel
+test "$(wc -l < results/wheel/conversations.jsonl)" -eq 24
 "$ICPO" leaderboard
 "$ICPO" report --bootstrap 0 -o report.html
 test -s results/leaderboard.csv && test -s report.html

@@ -329,3 +329,163 @@ def test_rule_judge_counts_a_query_as_an_answer(committed: list[Instruction]) ->
     reply = f"```sql\n{inst.fields['reference_sql']}\n```"
     assert judge.classify(inst, reply, history) == "answer_attempt"
     assert judge.classify(inst, "Which country should I filter on?", history) == "clarification"
+
+
+# --------------------------------------------------------------------------------------------
+# Preflight
+# --------------------------------------------------------------------------------------------
+
+
+def _spider(task_id: str, db_id: str, reference_sql: str = "SELECT 1") -> Instruction:
+    return Instruction(
+        task_id,
+        "database",
+        [Shard(1, "x")],
+        fields={"db_id": db_id, "schema_sql": "CREATE TABLE t (x)", "reference_sql": reference_sql},
+    )
+
+
+def _make_spider_db(root: Path, db_id: str, script: str) -> Path:
+    path = root / db_id / f"{db_id}.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    conn.executescript(script)
+    conn.commit()
+    conn.close()
+    return path
+
+
+def test_preflight_names_every_missing_spider_database_in_one_line(
+    family: DatabaseFamily, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "spider"
+    monkeypatch.setenv("ICPO_EVAL_SPIDER_DIR", str(root))
+    _make_spider_db(root, "present", "CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+    insts = [
+        _spider("a", "concert_singer"),
+        _spider("b", "present", "SELECT x FROM t"),
+        _spider("c", "pets_1"),
+        _spider("d", "concert_singer"),  # named once
+    ]
+    with pytest.raises(IcpoError) as info:
+        family.preflight(insts)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "2 Spider database(s) missing" in message
+    for db_id in ("concert_singer", "pets_1"):
+        assert f"{db_id} (expected {root / db_id / f'{db_id}.sqlite'})" in message
+    assert message.count("concert_singer (expected") == 1
+    assert "present" not in message
+    assert "ICPO_EVAL_SPIDER_DIR" in message and "spider" in message.lower()
+    # With both present, the same set passes.
+    for db_id in ("concert_singer", "pets_1"):
+        _make_spider_db(root, db_id, "CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+    assert family.preflight(insts) == []
+
+
+def test_preflight_reports_unreadable_files_and_broken_bundled_scripts(
+    family: DatabaseFamily, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import icpo_eval.families.database as db
+
+    root = tmp_path / "spider"
+    monkeypatch.setenv("ICPO_EVAL_SPIDER_DIR", str(root))
+    junk = root / "junk" / "junk.sqlite"
+    junk.parent.mkdir(parents=True)
+    junk.write_bytes(b"this is not a database" * 100)
+    bundled_dir = tmp_path / "bundled"
+    bundled_dir.mkdir()
+    (bundled_dir / "broken.sql").write_text(
+        "CREATE TABLE t (x);\nINSERT INTO nowhere VALUES (1);\n"
+    )
+    monkeypatch.setattr(db, "BUNDLED_DB_DIR", bundled_dir)
+    broken = Instruction(
+        "k",
+        "database",
+        [Shard(1, "x")],
+        fields={"db_id": "broken", "db_origin": "bundled", "reference_sql": "SELECT 1"},
+    )
+    no_ref = Instruction("n", "database", [Shard(1, "x")], fields={"db_id": "junk"})
+    with pytest.raises(IcpoError) as info:
+        family.preflight([_spider("j", "junk"), broken, no_ref, _spider("m", "gone")])
+    message = str(info.value)
+    assert "\n" not in message
+    assert "1 Spider database(s) missing: gone (expected" in message
+    assert f"Spider database 'junk' at {junk} is unreadable" in message
+    assert "bundled database 'broken' does not build" in message
+    assert "n: database instruction without 'reference_sql'" in message
+
+
+def test_preflight_refuses_a_failing_reference(
+    family: DatabaseFamily, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "spider"
+    monkeypatch.setenv("ICPO_EVAL_SPIDER_DIR", str(root))
+    _make_spider_db(root, "one", "CREATE TABLE t (x);")
+    with pytest.raises(IcpoError, match="bad: the reference query fails: no such table"):
+        family.preflight([_spider("bad", "one", "SELECT y FROM nowhere")])
+
+
+def test_preflight_warns_of_empty_references_and_grading_records_them(
+    family: DatabaseFamily,
+) -> None:
+    base = {"db_id": "shop", "db_origin": "bundled"}
+    empty = Instruction(
+        "empty-1",
+        "database",
+        [Shard(1, "x")],
+        fields={
+            **base,
+            "reference_sql": "SELECT first_name FROM customers WHERE country = 'Atlantis'",
+        },
+    )
+    empty2 = Instruction("empty-2", "database", [Shard(1, "x")], fields=dict(empty.fields))
+    full = Instruction(
+        "full",
+        "database",
+        [Shard(1, "x")],
+        fields={
+            **base,
+            "reference_sql": "SELECT first_name FROM customers",
+            "reference_empty": True,
+        },
+    )
+    warnings = family.preflight([empty, full, empty2])
+    assert len(warnings) == 1
+    assert warnings[0].startswith("2 of 3 database references return no rows")
+    assert "empty-1, empty-2" in warnings[0] and "full" not in warnings[0]
+    assert empty.fields["reference_empty"] is True and empty2.fields["reference_empty"] is True
+    assert "reference_empty" not in full.fields  # a stale mark is cleared
+
+    # An answer that returns no rows matches: scored as compared, but recorded.
+    wrong = "SELECT first_name FROM customers WHERE country = 'Nowhere'"
+    score, detail = family.grade(empty, wrong)
+    assert score == 1.0
+    assert detail == {"rows": 0, "expected_rows": 0, "reference_empty": True}
+    score, detail = family.grade(empty, "SELECT first_name FROM customers")
+    assert score == 0.0 and detail is not None and detail["reference_empty"] is True
+    score, detail = family.grade(empty, "SELECT nope FROM customers")
+    assert score == 0.0 and detail is not None and detail["reference_empty"] is True
+    assert family.grade(empty, None) == (0.0, {"reference_empty": True})
+    # Without preflight, grading still notices an empty reference when it runs it.
+    unmarked = Instruction("u", "database", [Shard(1, "x")], fields=dict(empty.fields))
+    del unmarked.fields["reference_empty"]
+    assert family.grade(unmarked, wrong)[1] == {
+        "rows": 0,
+        "expected_rows": 0,
+        "reference_empty": True,
+    }
+    # A reference with rows has no flag.
+    score, detail = family.grade(full, "SELECT first_name FROM customers")
+    assert score == 1.0 and detail is not None and "reference_empty" not in detail
+
+
+def test_committed_set_passes_preflight(
+    family: DatabaseFamily, committed: list[Instruction]
+) -> None:
+    assert len(committed) == 200
+    warnings = family.preflight(committed)
+    # Every committed reference returns rows (database_make picks questions that do).
+    assert warnings == []
+    assert not any(i.fields.get("reference_empty") for i in committed)
+    assert all(i.fields["reference_rows"] > 0 for i in committed)

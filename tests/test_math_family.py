@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import collections
 import re
+import time
+from fractions import Fraction
 from pathlib import Path
 
 import jinja2
 import pytest
 
 from icpo_eval.families import get_family
-from icpo_eval.families.math import MathFamily, normalize_number, reference_answer
+from icpo_eval.families.math import (
+    MAX_DIGITS,
+    MathFamily,
+    answer_tokens,
+    answer_value,
+    normalize_number,
+    reference_answer,
+    same_number,
+)
 from icpo_eval.families.math_make import DEFAULT_LEVEL_MIX, TEMPLATE_NAMES, make_problem
 from icpo_eval.records import Instruction, Shard
 
@@ -253,3 +263,187 @@ def test_gsm8k_style_reference(family: MathFamily) -> None:
     )
     assert reference_answer(Instruction("b", "math", [Shard(1, "q")])) is None
     assert family.evaluate(Instruction("b", "math", [Shard(1, "q")]), "18") == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Fractions, LaTeX, thousands groups, percentages (the examples first)
+# --------------------------------------------------------------------------------------------
+
+
+def _ref(answer: str) -> Instruction:
+    return Instruction("r", "math", [Shard(1, "q")], fields={"answer": answer})
+
+
+@pytest.mark.parametrize(
+    ("response", "reference"),
+    [
+        ("x = 3/4", "0.75"),
+        (r"x = \frac{3}{4}", "0.75"),
+        ("The town has 1 234 people.", "1234"),
+        ("Answer: -3/4", "-0.75"),
+        ("She needs 1 1/2 cups.", "1.5"),
+        (r"$\dfrac{3}{4}$", "3/4"),
+        (r"$\tfrac{1}{2}$", "0.5"),
+        (r"\frac34 of it", "0.75"),
+        (r"Answer: $-\frac{3}{4}$", "-3/4"),
+        (r"\frac{-3}{4}", "-0.75"),
+        (r"It is 2\frac{1}{2} hours.", "2.5"),
+        (r"So \boxed{\frac{3}{4}}.", "0.75"),
+        (r"First \boxed{5}, no wait: \boxed{7}. (2 checks)", "7"),
+        ("1\u2009234 apples", "1234"),
+        ("1\u202f234\u202f567 grains", "1234567"),
+        ("1 234 567 grains", "1234567"),
+        (r"\$1{,}200 in total", "1200"),
+        (r"1\,234 m", "1234"),
+        ("Answer: 6/8", "3/4"),
+        ("12/4 = 3", "3"),
+        ("#### 1,200", "#### 1200"),
+    ],
+)
+def test_fractions_latex_and_thousands_score(
+    family: MathFamily, response: str, reference: str
+) -> None:
+    inst = _ref(reference)
+    assert family.evaluate(inst, family.extract(inst, response)) == 1.0, family.extract(
+        inst, response
+    )
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("x = 3/4", "3/4"),  # not 4
+        (r"\frac{3}{4}", "3/4"),
+        ("1 234", "1234"),  # not 234
+        ("3 4", "4"),  # two numbers: "4" is not a group of three digits
+        ("Scores: 3 4 5", "5"),
+        ("In 2024 100 people came.", "100"),  # "2024" is no 1-3 digit group
+        ("3 5/4", "5/4"),  # an improper fraction makes no mixed number
+        ("-1 1/2", "-3/2"),
+        ("4/2", "2"),
+        ("3/4/2024", None),  # a date
+        ("1/0", None),
+        ("Answer: 10^9", None),  # powers are never evaluated
+        ("Answer: 10^{1000000000}", None),
+        ("2**10 = ?", None),
+        ("1e9", None),
+        ("**Answer:** 17", "17"),  # Markdown bold is no power
+        ("The total is **8**.", "8"),
+        ("45%", "45%"),
+        (r"45\%", "45%"),
+        ("45 %", "45%"),
+        (r"\boxed{3 + 5 = 8} so 9 was wrong", "8"),  # the boxed wins, its last number
+        (r"\boxed{no number} Answer: 6", "6"),  # a boxed without a number is ignored
+        (r"\boxed{4", "4"),  # not closed: the usual rules
+        ("1/2, 3/4", "3/4"),
+    ],
+)
+def test_extract_reads(family: MathFamily, response: str, expected: str | None) -> None:
+    assert family.extract(_ref("0"), response) == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference", "same"),
+    [
+        ("0.75", "3/4", True),
+        ("3/4", "0.75", True),
+        ("1/3", "0.333", False),
+        ("0.333", "1/3", False),
+        ("2/3", "0.6666666666666666", False),  # exact, not floats
+        ("1 1/2", "1.5", True),
+        ("-3/4", "-0.75", True),
+        ("-3/4", "0.75", False),
+        ("45%", "45", True),  # a "what percent" question's plain-number answer
+        ("45%", "0.45", True),  # the same quantity
+        ("0.45", "45%", True),
+        ("45", "45%", True),
+        ("45%", "45%", True),
+        ("0.45%", "45%", False),  # two percentages are compared as written
+        ("45%", "4.5", False),
+        ("100", "100.00", True),
+        ("abc", "1", False),
+        (None, "1", False),
+    ],
+)
+def test_same_number_is_exact(answer: str | None, reference: str, same: bool) -> None:
+    assert same_number(answer, reference) is same
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("3/4", "3/4"),
+        ("6/8", "3/4"),
+        ("-6/8", "-3/4"),
+        ("1 1/2", "3/2"),
+        (r"\frac{3}{4}", "3/4"),
+        (r"\dfrac{10}{4}", "5/2"),
+        ("45%", "45%"),
+        ("1 234", "1234"),
+        ("1\u2009234.50", "1234.5"),
+        ("3 4", None),  # two numbers
+        ("1/0", None),
+        ("+5", "5"),
+        (".5", "0.5"),
+    ],
+)
+def test_normalize_fractions_and_groups(raw: str, expected: str | None) -> None:
+    assert normalize_number(raw) == expected
+
+
+def test_answer_tokens_and_values() -> None:
+    assert answer_tokens(r"1 1/2 cups, \frac{3}{4} and 45%, then 3 5/4") == [
+        "3/2",
+        "3/4",
+        "45%",
+        "3",
+        "5/4",
+    ]
+    assert answer_value("3/4") == (Fraction(3, 4), False)
+    assert answer_value("45%") == (Fraction(45), True)
+    assert answer_value("-0.125") == (Fraction(-1, 8), False)
+
+
+def test_fraction_and_latex_references(family: MathFamily) -> None:
+    assert reference_answer(_ref(r"#### \frac{3}{4}")) == "3/4"
+    assert family.evaluate(_ref("#### 3/4"), "0.75") == 1.0
+    assert family.evaluate(_ref("1/3"), "0.333") == 0.0
+    assert family.evaluate(_ref("45"), family.extract(_ref("45"), "That is 45%.")) == 1.0
+
+
+def test_long_numbers_are_exact_and_capped(family: MathFamily) -> None:
+    big = "7" * 10_000  # past Python's 4,300-digit int(str) limit, within MAX_DIGITS
+    assert MAX_DIGITS >= 10_000
+    assert family.extract(_ref(big), f"Answer: {big}") == big
+    assert family.evaluate(_ref(big), big) == 1.0
+    assert family.evaluate(_ref(big), big[:-1] + "8") == 0.0
+    assert same_number(f"{big[1:]}/7", "1" * 9_999) is True  # 777.../7 == 111..., exactly
+    assert same_number(f"{big[1:]}/7", "1" * 9_998 + "2") is False
+    too_long = "1" * (MAX_DIGITS + 1)
+    assert normalize_number(too_long) is None
+    assert family.extract(_ref("5"), f"Answer: 5\n{too_long}") == "5"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "The answer is 5 apples. " * 420_000,  # 10 MB
+        "1/" * 5_000_000,
+        "1/" * 5_000_000 + "1",
+        "1" * 10_000_000,
+        "Answer: 10^{1000000000}, 1e999999999, 10**10**9",
+        "\\frac{" * 10_000 + "1}{2}" + "}{2}" * 9_999,
+        "\\boxed{" * 10_000 + "5" + "}" * 10_000,
+        "\\boxed{" + "{" * 5_000_000,
+        "\\frac{" + " " * 5_000_000,
+        "1 " * 3_000_000 + "1/2",
+        "1/2 " * 2_500_000,
+        "1" + ",234" * 2_000_000 + "5",
+        ("9" * 4_999 + "/" + "7" * 4_999 + " ") * 1_000,
+    ],
+)
+def test_hostile_replies_are_read_in_bounded_time(family: MathFamily, reply: str) -> None:
+    start = time.monotonic()
+    answer = family.extract(_ref("5"), reply)
+    family.evaluate(_ref("5"), answer)
+    assert time.monotonic() - start < 20

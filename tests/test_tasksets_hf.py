@@ -23,7 +23,7 @@ def _rows() -> list[dict]:
     translation = json.loads((DATA / "lic_translation.json").read_text())[0]
     summary = {
         "task_id": "sharded-summ-1",
-        "task": "summary",
+        "task": "poetry",
         "shards": [{"shard_id": 1, "shard": "Summarise."}],
     }
     records = [math, actions, translation, summary]
@@ -49,11 +49,10 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_round_trip_from_save_to_disk(saved: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("WARNING"):
-        insts = load_tasks(f"hf:{saved}")
+def test_round_trip_from_save_to_disk(saved: Path, capsys: pytest.CaptureFixture) -> None:
+    insts = load_tasks(f"hf:{saved}")
     assert [i.task for i in insts] == ["math", "actions", "translation"]
-    assert "1 summary" in caplog.text  # unknown families are skipped, and said so
+    assert "(1 poetry)" in capsys.readouterr().err  # unknown tasks are skipped, and said so
     math, actions, translation = insts
     original = read_jsonl(ROOT / "tasks" / "actions.jsonl")[0]
     assert actions.shards == original.shards

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import random
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from icpo_eval.errors import IcpoError
@@ -128,6 +128,13 @@ class Family:
         """
         return None
 
+    def normalise_record(self, rec: dict[str, Any], where: str) -> dict[str, Any]:
+        """A LiC-format record of this family as read from a file or dataset (string fields
+        already decoded), rewritten into the layout :class:`Instruction` takes, before the
+        loader's checks: the summary family writes the documents that LiC's shards name by
+        ``doc_idxs`` into the shards' text. The default returns it unchanged."""
+        return rec
+
     def preflight(self, instructions: list[Instruction]) -> list[str]:
         """Check, before the first model call of a run, what grading these instructions (all of
         this family) will need: raise :class:`~icpo_eval.errors.IcpoError` (one line naming
@@ -154,6 +161,35 @@ class Family:
         returned) override this; the default has no details.
         """
         return self.evaluate(inst, answer), None
+
+
+def in_rounds(rng: random.Random, names: list[str], n: int) -> Iterator[str]:
+    """``n`` picks of ``names`` for a task maker: every name once per round, in an order
+    ``rng`` shuffles at the start of every round, so that each appears about equally often.
+    Lazy: each round's shuffle happens when its first pick is taken, so a maker that draws
+    from the same ``rng`` between picks gets the same instances as a loop would."""
+    order = list(names)
+    for i in range(n):
+        if i % len(order) == 0:
+            rng.shuffle(order)
+        yield order[i % len(order)]
+
+
+def refuse_bad_records(
+    instructions: list[Instruction], check: Callable[[Instruction], object], shown: int = 5
+) -> None:
+    """Run ``check`` (which raises :class:`IcpoError` for a record it cannot use) on every
+    instruction, and raise one IcpoError naming the first ``shown`` bad ones and how many more:
+    the body of a family's :meth:`Family.preflight` that decodes its records up front."""
+    bad: list[str] = []
+    for inst in instructions:
+        try:
+            check(inst)
+        except IcpoError as e:
+            bad.append(str(e))
+    if bad:
+        more = f" (and {len(bad) - shown} more)" if len(bad) > shown else ""
+        raise IcpoError("; ".join(bad[:shown]) + more)
 
 
 def shards_without(inst: Instruction, removed: Collection[int]) -> str:
@@ -187,4 +223,12 @@ def family_names() -> list[str]:
 
 def _load_builtin() -> None:
     # Imported lazily so that `import icpo_eval.families` has no import cycle.
-    from icpo_eval.families import actions, code, database, math, translation  # noqa: F401
+    from icpo_eval.families import (  # noqa: F401
+        actions,
+        code,
+        data2text,
+        database,
+        math,
+        summary,
+        translation,
+    )

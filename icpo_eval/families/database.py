@@ -12,6 +12,11 @@ the comparison rules).
 LiC's database records (Spider) carry ``schema_sql``, ``reference_sql`` and ``db_id``; their
 SQLite files are looked up as ``$ICPO_EVAL_SPIDER_DIR/<db_id>/<db_id>.sqlite`` (default
 ``<cache>/spider/database``, the layout of Spider's release archive).
+
+:meth:`DatabaseFamily.preflight` checks a run's instructions before the first model call: every
+database present and readable (one error naming every missing one and where it is expected),
+every reference query running, and which references return no rows (a warning, and a mark on
+the instruction that grading records).
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ __all__ = [
     "bundled_script_path",
     "bundled_sql",
     "extract_sql",
+    "SPIDER_HOWTO",
     "spider_db_path",
+    "spider_expected_path",
 ]
 
 #: Where the bundled databases' SQL scripts live.
@@ -114,16 +121,26 @@ def spider_dir() -> Path:
     return cache_dir() / "spider" / "database"
 
 
-def spider_db_path(db_id: str) -> Path:
-    """The SQLite file of a Spider database; :class:`IcpoError` naming the path when absent."""
+#: How to get Spider's databases, said by every error about a missing one.
+SPIDER_HOWTO = (
+    "download Spider (https://yale-lily.github.io/spider) and unpack its database/ folder "
+    "there, or set ICPO_EVAL_SPIDER_DIR to a folder holding <db_id>/<db_id>.sqlite"
+)
+
+
+def spider_expected_path(db_id: str) -> Path:
+    """Where the SQLite file of a Spider database is looked for (it may not exist);
+    :class:`IcpoError` for a db_id that could escape :func:`spider_dir`."""
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", db_id):
         raise IcpoError(f"invalid Spider db_id {db_id!r}")
-    path = spider_dir() / db_id / f"{db_id}.sqlite"
+    return spider_dir() / db_id / f"{db_id}.sqlite"
+
+
+def spider_db_path(db_id: str) -> Path:
+    """The SQLite file of a Spider database; :class:`IcpoError` naming the path when absent."""
+    path = spider_expected_path(db_id)
     if not path.is_file():
-        raise IcpoError(
-            f"Spider database {db_id!r} not found: expected {path} (unpack Spider's database/ "
-            "folder there or set ICPO_EVAL_SPIDER_DIR to it)"
-        )
+        raise IcpoError(f"Spider database {db_id!r} not found: expected {path} ({SPIDER_HOWTO})")
     return path
 
 
@@ -244,6 +261,15 @@ def _bundled_schema(db_id: str) -> str:
     return "\n".join(statements)
 
 
+#: Task ids of empty references named by the preflight warning.
+_SHOWN_IDS = 5
+
+
+def _line(error: BaseException) -> str:
+    """An error's message on one line, at most 200 characters."""
+    return " ".join(str(error).split())[:200]
+
+
 def _db_path(inst: Instruction) -> Path:
     db_id = inst.fields.get("db_id")
     if not isinstance(db_id, str) or not db_id:
@@ -288,6 +314,102 @@ class DatabaseFamily(Family):
         """See :func:`sql_answer_problem`."""
         return sql_answer_problem(response, answer)
 
+    def preflight(self, instructions: list[Instruction]) -> list[str]:
+        """Check that every instruction can be graded, before any model call.
+
+        Raises :class:`IcpoError`, one line naming every problem, when any is found:
+
+        - every Spider (non-bundled) database whose file is missing, each db_id with the path
+          where it is expected (:func:`spider_expected_path`, under ``ICPO_EVAL_SPIDER_DIR``
+          or ``<cache>/spider/database``), and how to get them (:data:`SPIDER_HOWTO`);
+        - a database file that SQLite cannot read (not a database, no permission), a bundled
+          database whose SQL scripts fail to build, an invalid or absent ``db_id``, an absent
+          ``reference_sql``;
+        - a reference query that fails (grading would raise on it).
+
+        The reference queries run in the sandboxed worker of
+        :func:`~icpo_eval.families.database_exec.execute_readonly`, with its time and row
+        limits, once per instruction. A reference that returns no rows cannot tell a right
+        query from a wrong one: every query that returns no rows matches it. Such instructions
+        are marked (``inst.fields["reference_empty"] = True``, the mark of a previous preflight
+        cleared on the others) and are named in the one warning line returned (their count and
+        the first few task ids). They are scored as the comparison gives it (an answer that
+        returns no rows scores 1), and :meth:`grade` records ``reference_empty: True`` in the
+        turn detail, so that reports can tell those successes apart or leave them out.
+        """
+        problems: list[str] = []
+        missing: dict[str, Path] = {}
+        databases: dict[tuple[str, str], Path | None] = {}  # (origin, db_id) -> file or None
+        for inst in instructions:
+            ref_sql = inst.fields.get("reference_sql")
+            if not isinstance(ref_sql, str) or not ref_sql.strip():
+                problems.append(f"{inst.task_id}: database instruction without 'reference_sql'")
+            db_id = inst.fields.get("db_id")
+            if not isinstance(db_id, str) or not db_id:
+                problems.append(f"{inst.task_id}: database instruction without a 'db_id'")
+                continue
+            bundled = inst.fields.get("db_origin") == "bundled"
+            key = ("bundled" if bundled else "spider", db_id)
+            if key in databases:
+                continue
+            databases[key] = None
+            if bundled:
+                try:
+                    databases[key] = bundled_db_path(db_id)
+                    _bundled_schema(db_id)
+                except (IcpoError, sqlite3.Error, OSError) as e:
+                    problems.append(f"bundled database {db_id!r} does not build: {_line(e)}")
+                continue
+            try:
+                path = spider_expected_path(db_id)
+            except IcpoError as e:
+                problems.append(f"{inst.task_id}: {e}")
+                continue
+            if not path.is_file():
+                missing[db_id] = path
+                continue
+            try:
+                execute_readonly(path, "SELECT count(*) FROM sqlite_master")
+            except QueryError as e:
+                problems.append(f"Spider database {db_id!r} at {path} is unreadable: {_line(e)}")
+                continue
+            databases[key] = path
+        if missing:
+            listed = ", ".join(f"{db_id} (expected {path})" for db_id, path in missing.items())
+            problems.insert(
+                0,
+                f"{len(missing)} Spider database(s) missing: {listed}; {SPIDER_HOWTO} "
+                f"(now looked for under {spider_dir()})",
+            )
+        if problems:
+            raise IcpoError("; ".join(problems))
+
+        empty: list[str] = []
+        for inst in instructions:
+            origin = "bundled" if inst.fields.get("db_origin") == "bundled" else "spider"
+            path = databases[(origin, str(inst.fields["db_id"]))]
+            assert path is not None  # every problem above has raised
+            try:
+                rows = execute_readonly(path, str(inst.fields["reference_sql"]))
+            except QueryError as e:
+                problems.append(f"{inst.task_id}: the reference query fails: {_line(e)}")
+                continue
+            if rows:
+                inst.fields.pop("reference_empty", None)
+            else:
+                inst.fields["reference_empty"] = True
+                empty.append(inst.task_id)
+        if problems:
+            raise IcpoError("; ".join(problems))
+        if not empty:
+            return []
+        shown = ", ".join(empty[:_SHOWN_IDS]) + (", ..." if len(empty) > _SHOWN_IDS else "")
+        return [
+            f"{len(empty)} of {len(instructions)} database references return no rows, so any "
+            "query returning no rows matches them (scored as compared, recorded as "
+            f"reference_empty in the turn detail): {shown}"
+        ]
+
     def evaluate(self, inst: Instruction, answer: str | None) -> float:
         return self.grade(inst, answer)[0]
 
@@ -296,20 +418,28 @@ class DatabaseFamily(Family):
 
         The detail records the row counts and, when the query failed, why (``error``). A
         missing Spider database is the user's setup problem, not the model's, so it raises.
+
+        A reference that returns no rows (found here, or marked by :meth:`preflight`) is
+        matched by every query that returns no rows: the score stays what the comparison
+        gives, and the detail says ``reference_empty: True`` (also for a turn without a query,
+        when preflight marked the instruction), so that such a success is never silent.
         """
         ref_sql = inst.fields.get("reference_sql")
         if not isinstance(ref_sql, str) or not ref_sql.strip():
             raise IcpoError(f"{inst.task_id}: database instruction without 'reference_sql'")
         path = _db_path(inst)
+        flagged = {"reference_empty": True} if inst.fields.get("reference_empty") else {}
         if answer is None or not answer.strip():
-            return 0.0, None
+            return 0.0, (flagged or None)
         try:
             ref = execute_readonly(path, ref_sql)
         except QueryError as e:
             raise IcpoError(f"{inst.task_id}: the reference query fails: {e}") from None
+        if not ref:
+            flagged = {"reference_empty": True}
         try:
             pred = execute_readonly(path, answer)
         except QueryError as e:
-            return 0.0, {"error": str(e)[:200], "expected_rows": len(ref)}
+            return 0.0, {"error": str(e)[:200], "expected_rows": len(ref), **flagged}
         ok = compare_results(ref, pred, is_ordered(ref_sql))
-        return (1.0 if ok else 0.0), {"rows": len(pred), "expected_rows": len(ref)}
+        return (1.0 if ok else 0.0), {"rows": len(pred), "expected_rows": len(ref), **flagged}

@@ -7,10 +7,11 @@ different questions and changing either would change what is measured:
 * :func:`numbers`, the rule judge's: the digits only, sign, "$" and commas dropped
   ("-$1,200.50" -> "1200.50"); any run of digits and commas is one number ("3,4,5" -> "345").
   The judge compares them with the numbers the user gave, so "-5" and "5" are the same number.
-* :func:`number_tokens`, the math family's: each number as written, sign and "$" kept
-  ("-$1,200.50"), for :func:`~icpo_eval.families.math.normalize_number`; thousands commas only
-  in well-formed groups ("3,4,5" is three numbers); the Unicode minus sign and dashes read as
-  "-".
+* :func:`number_tokens`: each number as written, sign and "$" kept ("-$1,200.50"); thousands
+  commas only in well-formed groups ("3,4,5" is three numbers); the Unicode minus sign and
+  dashes read as "-". The math family reads its answers by a rule of its own that extends this
+  one (fractions, mixed numbers, LaTeX, space-separated thousands, percentages:
+  :func:`~icpo_eval.families.math.answer_tokens`).
 
 Both skip digits inside identifiers ("x2", "H2O") and after a decimal point, and neither takes a
 sentence's closing period for a decimal point. :data:`NUMBER_PATTERN` is the judge's number for
@@ -41,6 +42,7 @@ __all__ = [
     "numbers",
     "outside_fences",
     "split_sentences",
+    "strip_wrapping",
     "unwrap_fence",
     "visible_text",
 ]
@@ -113,6 +115,23 @@ def unwrap_fence(text: str) -> str | None:
     return m.group(1) if m else None
 
 
+def strip_wrapping(response: str, preamble: re.Pattern[str], label: re.Pattern[str]) -> str:
+    """A text answer without what models wrap around it: a code fence around the whole, opening
+    lines that ``preamble`` matches ("Here is the translation:"), a ``label`` ("Translation:"),
+    and a fence again inside. The families whose answer is free text (translation, data2text)
+    pass their own patterns and then strip quotes as they read them."""
+    text = response.strip()
+    body = unwrap_fence(text)
+    if body is not None:
+        text = body.strip()
+    lines = text.split("\n")
+    while len(lines) > 1 and (not lines[0].strip() or preamble.match(lines[0])):
+        lines.pop(0)
+    text = label.sub("", "\n".join(lines)).strip()
+    body = unwrap_fence(text)
+    return body.strip() if body is not None else text
+
+
 # --------------------------------------------------------------------------------------------
 # Numbers
 # --------------------------------------------------------------------------------------------
@@ -142,7 +161,7 @@ def numbers(text: str) -> list[str]:
 
 def number_tokens(text: str) -> list[str]:
     """The numbers of ``text`` as written, sign and "$" included, Unicode minus signs read as
-    "-" (see the module docstring); the math family normalises the one it takes."""
+    "-" (see the module docstring)."""
     return _TOKEN_RE.findall(text.translate(UNICODE_MINUSES))
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, register
-from icpo_eval.families.text import unwrap_fence
+from icpo_eval.families.text import strip_wrapping
 from icpo_eval.records import Instruction
 
 __all__ = ["TranslationFamily", "bleu_score", "strip_preamble"]
@@ -41,17 +41,7 @@ _SENTENCE_END_RE = re.compile(r"[.!?]+(?=\s|$)")
 def strip_preamble(response: str) -> str:
     """The reply without an introducing line ("Here is the translation:"), a "Translation:"
     label, surrounding code fences or quotes."""
-    text = response.strip()
-    body = unwrap_fence(text)
-    if body is not None:
-        text = body.strip()
-    lines = text.split("\n")
-    while len(lines) > 1 and (not lines[0].strip() or _PREAMBLE_RE.match(lines[0])):
-        lines.pop(0)
-    text = _LABEL_RE.sub("", "\n".join(lines)).strip()
-    body = unwrap_fence(text)
-    if body is not None:
-        text = body.strip()
+    text = strip_wrapping(response, _PREAMBLE_RE, _LABEL_RE)
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
     return text

@@ -115,6 +115,19 @@ def _shutdown() -> None:
 _LITELLM_READY = False
 
 
+def missing_credentials(model: str) -> list[str]:
+    """The environment variables holding a key or token that litellm says ``model``'s provider
+    needs and that are not set (``["OPENAI_API_KEY"]``); empty when nothing is missing or
+    litellm cannot tell. Variables naming a server (``OLLAMA_API_BASE``) are not credentials:
+    such providers have a default address."""
+    try:
+        found = _litellm().validate_environment(model)
+    except Exception:  # an unknown provider: litellm will say so on the first call
+        return []
+    missing = found.get("missing_keys") if isinstance(found, dict) else None
+    return [k for k in missing or [] if isinstance(k, str) and ("KEY" in k or "TOKEN" in k)]
+
+
 def _litellm() -> Any:
     """Import litellm once, quietly and offline. Our exit hook is registered after litellm's
     own, so it runs first (atexit is last-in first-out) and closes litellm's sessions on the

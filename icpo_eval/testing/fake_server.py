@@ -1,10 +1,13 @@
 """A local OpenAI-compatible chat server for tests and benchmarks (127.0.0.1 only).
 
 It answers ``POST /v1/chat/completions`` (and ``/chat/completions``) deterministically, as a
-function of the request, in the three roles icpo-eval sends:
+function of the request, in the four roles icpo-eval sends:
 
 - a **judge** request (the ``prompts/judge_llm.j2`` prompt, recognised by its ``<reply>`` block)
   gets ``{"category": ...}`` from a few surface cues (a plumbing stand-in, not a real judge);
+- a **grader** request (``prompts/grader_summary.j2``, recognised by its ``<summary_to_grade>``
+  block) gets the summary family's rule verdicts as the grader's JSON
+  (:func:`icpo_eval.families.summary.fake_grader_reply`);
 - a **simulator** request (``prompts/simulator_llm.j2``, recognised by its list of unrevealed
   shards) gets ``{"response": ..., "shard_id": <first unrevealed id>}``; a model whose name
   contains ``badsim`` answers an invalid id, to exercise the fallback;
@@ -79,6 +82,8 @@ def judge_category(reply: str) -> str:
 
 def _role_of(messages: list[dict[str, Any]]) -> str:
     last = str(messages[-1].get("content", "")) if messages else ""
+    if "<summary_to_grade>" in last:
+        return "grader"
     if "<reply>" in last and '"category"' in last:
         return "judge"
     if _HIDDEN.search(last + "\n"):
@@ -92,6 +97,10 @@ def reply_for(body: dict[str, Any]) -> str:
     messages = body.get("messages") or []
     role = _role_of(messages)
     last = str(messages[-1].get("content", "")) if messages else ""
+    if role == "grader":  # the summary family's LLM grader (prompts/grader_summary.j2)
+        from icpo_eval.families.summary import fake_grader_reply
+
+        return fake_grader_reply(last)
     if role == "judge":
         m = _REPLY.search(last)
         return json.dumps({"category": judge_category(m.group(1) if m else "")})
