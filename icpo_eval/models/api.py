@@ -207,7 +207,12 @@ class ApiClient:
         self._router: Any = None
         self._session: Any = None
         self._next_base = 0
-        self._cost_known: bool | None = None
+        # Prices come from litellm's table. A self-hosted model has none; for any other model
+        # on the direct transport litellm is imported here, before the event loop runs, since
+        # importing it (about 2 s) on the loop at the first reply would hold up every call.
+        self._cost_known: bool | None = False if provider_of(model) == "hosted_vllm" else None
+        if self.transport == "direct" and self._cost_known is None:
+            _litellm()
 
     # -- public ---------------------------------------------------------------------------
     def complete(
@@ -468,6 +473,10 @@ class ApiBackend:
         own API call never blocks the event loop."""
         run_sync(self._stream(requests, params, on_result))
 
+    def admitted(self) -> int:
+        """How many conversations :meth:`stream` keeps in flight at once (see there)."""
+        return max(2, 2 * self.settings.concurrency)
+
     async def _one(self, messages: Messages, params: GenParams, seed: int) -> Generation:
         try:
             return await self.client.acomplete(messages, params, "assistant", seed)
@@ -486,11 +495,20 @@ class ApiBackend:
         workers = min(256, 2 * self.settings.concurrency + 4)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="icpo-judge")
 
+        # Started conversations first: at most ``admitted`` conversations are in flight, and a
+        # new one starts only when one finishes, so a conversation's next turn never queues
+        # behind the first turns of conversations not yet started. Results then arrive steadily,
+        # and an interrupt or a crash loses at most the conversations in flight. Twice the
+        # model's concurrency keeps its slots full while half the admitted conversations wait on
+        # their judge or simulator.
+        admitted = asyncio.Semaphore(self.admitted())
+
         async def chain(req: Request | None) -> None:
-            while req is not None:
-                key, messages, seed = req
-                gen = await self._one(messages, params, seed)
-                req = await loop.run_in_executor(pool, on_result, key, gen)
+            async with admitted:  # waiters are woken in order: conversations start in order
+                while req is not None:
+                    key, messages, seed = req
+                    gen = await self._one(messages, params, seed)
+                    req = await loop.run_in_executor(pool, on_result, key, gen)
 
         tasks = [asyncio.create_task(chain(r)) for r in requests]
         try:
