@@ -24,13 +24,9 @@ Run: ``python benchmarks/api_concurrency.py [--latency 0.2] [--quick]`` (about a
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -38,25 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from icpo_eval.records import RunSpec  # noqa: E402
 from icpo_eval.runner import run  # noqa: E402
-
-
-def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "icpo_eval.testing.fake_server", "--latency", str(latency)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http"):
-        proc.kill()
-        raise SystemExit(f"fake server did not start: {url!r}")
-    return proc, url
-
-
-def served(url: str) -> int:
-    with urllib.request.urlopen(url.rsplit("/v1", 1)[0] + "/stats") as r:
-        return int(json.load(r)["requests"])
+from icpo_eval.testing.fake_server import answered, start_process  # noqa: E402
 
 
 def measure(url: str, label: str, concurrency: int, runs: int, limit: int) -> dict[str, object]:
@@ -81,11 +59,11 @@ def measure(url: str, label: str, concurrency: int, runs: int, limit: int) -> di
             judge="llm:hosted_vllm/bench-judge" if llm else "rule",
             judge_api_base=[url],
         )
-        before = served(url)
+        before = answered(url)
         t0 = time.perf_counter()
         res = run(spec, progress=False)
         seconds = time.perf_counter() - t0
-        requests = served(url) - before
+        requests = answered(url) - before
     failed = sum(c.error is not None for c in res.conversations)
     assert failed == 0, f"{failed} conversations failed"
     return {
@@ -116,7 +94,7 @@ def main() -> None:
         ("litellm", 64, 1, 200),
         ("direct+llm", 64, 1, 200),
     ]
-    proc, url = start_server(args.latency)
+    proc, url = start_process(args.latency)
     rows = []
     try:
         for label in ("direct", "litellm"):  # warm-up: imports and connection pools

@@ -7,9 +7,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from icpo_eval import __version__
 from icpo_eval.errors import IcpoError
+
+if TYPE_CHECKING:
+    from icpo_eval.distributed import WorkerStats
 
 # Keep the run offline and quiet unless the user asked otherwise.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-train-overlap",
         action="store_true",
         help="evaluate an ICPO checkpoint on instructions it was trained on (refused otherwise)",
+    )
+    dist = r.add_argument_group("more than one process or machine (Ray)")
+    dist.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="run the conversations on N Ray actors, each with its own backend (needs "
+        "pip install 'icpo-eval[ray]'); --concurrency is then shared: C // N per worker",
+    )
+    dist.add_argument(
+        "--ray-address",
+        default=None,
+        help="the Ray cluster to join (as printed by ray start --head; default: $RAY_ADDRESS, "
+        "else a local Ray instance for this run)",
     )
     api = r.add_argument_group("API models, LLM simulator and LLM judge (litellm)")
     api.add_argument(
@@ -224,11 +242,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         transport=args.transport,
         allow_train_overlap=args.allow_train_overlap,
         sandbox=args.sandbox,
+        workers=args.workers,
+        ray_address=args.ray_address,
     )
     result = run(spec, progress=not args.no_progress)
     _, convs = load_run(out)
     print(f"{result.written} conversations written, {result.skipped} already done -> {out}")
     print(summary_table(convs))
+    if result.workers:
+        print(worker_table(result.workers))
     failed = [c for c in result.conversations if c.error is not None]
     if result.written and len(failed) == result.written:
         print(
@@ -238,6 +260,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def worker_table(workers: list[WorkerStats]) -> str:
+    """Per-worker throughput of a ``--workers`` run: one line per worker."""
+    lines = [f"{'worker':>6}  {'node':<15} {'pid':>7}  {'convs':>6}  {'seconds':>8}  conv/s"]
+    for w in workers:
+        rate = w.conversations / w.seconds if w.seconds > 0 else 0.0
+        lost = f"  ({w.lost_chunks} chunks lost and re-run)" if w.lost_chunks else ""
+        lines.append(
+            f"{w.index:>6}  {w.node:<15} {w.pid:>7}  {w.conversations:>6}  {w.seconds:>8.1f}  "
+            f"{rate:6.2f}{lost}"
+        )
+    return "\n".join(lines)
 
 
 def _result_roots(named: list[str]) -> list[str] | list[Path]:

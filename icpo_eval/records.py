@@ -262,6 +262,13 @@ class RunSpec(_Json):
     #: ``auto``: run model-written code under the strongest sandbox the machine allows, saying so
     #: when it is the weak one; ``strict``: refuse to run it without the kernel boundary.
     sandbox: str = "auto"
+    #: Spread the conversations over this many Ray actors (:mod:`icpo_eval.distributed`);
+    #: None: one process, and Ray is never imported. Where a conversation runs changes none of
+    #: its turns, so neither this nor ``ray_address`` is an identity field.
+    workers: int | None = None
+    #: The Ray cluster to join (``ray start --head`` prints it); None: ``RAY_ADDRESS``, else a
+    #: local Ray instance started for the run.
+    ray_address: str | None = None
 
     #: Fields that change what gets generated. A resume with a different value is refused.
     IDENTITY_FIELDS = (
@@ -288,7 +295,14 @@ class RunSpec(_Json):
             raise IcpoError(
                 f"unknown mode(s) {', '.join(bad) or '(none)'} (known: {', '.join(MODES)})"
             )
-        for name in ("runs", "max_turns", "max_new_tokens", "batch_size", "concurrency"):
+        for name in (
+            "runs",
+            "max_turns",
+            "max_new_tokens",
+            "batch_size",
+            "concurrency",
+            "workers",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise IcpoError(f"--{name.replace('_', '-')} must be at least 1")
         if self.limit is not None and self.limit < 1:

@@ -15,6 +15,9 @@ other conversation; ``finished`` is therefore guarded by a lock.
 
 Either way a conversation is written to the store the moment it finishes, so a crash loses at
 most the conversations in flight, and a re-run skips every conversation already on disk.
+
+With ``--workers N`` the same two pieces (:func:`new_state`, :func:`drive`) run inside N Ray
+actors instead (:mod:`icpo_eval.distributed`); this process still plans and writes.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from icpo_eval import __version__
 from icpo_eval.conversation import ConversationState
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, get_family
-from icpo_eval.judges import get_judge
+from icpo_eval.judges import TurnJudge, get_judge
 from icpo_eval.models import Backend, GenParams, load_backend
 from icpo_eval.models.base import Generation, Request, StreamingBackend
 from icpo_eval.records import (
@@ -40,10 +43,11 @@ from icpo_eval.records import (
     conversation_id,
     derive_seed,
 )
-from icpo_eval.simulator import get_simulator
+from icpo_eval.simulator import Simulator, get_simulator
 from icpo_eval.store import RunStore
 
 if TYPE_CHECKING:
+    from icpo_eval.distributed import WorkerStats
     from icpo_eval.models.api import ApiSettings
 from icpo_eval.tasksets import load_tasks
 
@@ -58,9 +62,16 @@ class RunResult:
     skipped: int = 0
     written: int = 0
     conversations: list[Conversation] = field(default_factory=list)
+    #: With ``--workers``: what each Ray worker did (conversations, seconds), in worker order.
+    workers: list[WorkerStats] = field(default_factory=list)
 
 
-def plan(spec: RunSpec) -> list[tuple[str, Instruction, str, int]]:
+#: One conversation to run: (conversation id, instruction, mode, run index), as :func:`plan`
+#: makes them.
+Planned = tuple[str, Instruction, str, int]
+
+
+def plan(spec: RunSpec) -> list[Planned]:
     """Every (conversation id, instruction, mode, run index) the spec asks for."""
     instructions = load_tasks(spec.tasks, spec.limit, spec.strict)
     if spec.model.startswith("hf/") and not spec.allow_train_overlap:
@@ -177,9 +188,20 @@ def api_settings(spec: RunSpec, bases: list[str]) -> ApiSettings:
 
 
 def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) -> RunResult:
-    """Run (or resume) every conversation of ``spec``; returns what this call wrote."""
+    """Run (or resume) every conversation of ``spec``; returns what this call wrote.
+
+    With ``spec.workers`` the conversations run on that many Ray actors
+    (:func:`icpo_eval.distributed.run_on_workers`); this process still plans, checks and is the
+    only writer of the store. Without it Ray is never imported.
+    """
     spec.version = __version__
     spec.check(model=backend is None)  # fail fast, before tasks are read
+    if spec.workers is not None:
+        if backend is not None:
+            raise IcpoError("--workers loads the model in each worker; it takes no backend")
+        from icpo_eval.distributed import require_ray
+
+        require_ray()  # one line naming the install command, before any work
     simulator = get_simulator(spec.simulator, api_settings(spec, spec.simulator_api_base))
     judge = get_judge(spec.judge, api_settings(spec, spec.judge_api_base))
     check_credentials(spec, model=backend is None)
@@ -189,42 +211,38 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
     families = graded_families(spec, {get_family(inst.task).name for inst in unique})
     sandbox = sandbox_strength(spec, unique)
     store, done = RunStore.open(spec.out, spec)
-    result = RunResult(out=Path(spec.out))
-    states = []
-    for cid, inst, mode, r in todo:
-        if cid in done:
-            result.skipped += 1
-            continue
-        family = families[get_family(inst.task).name]
-        record = Conversation(
-            conversation_id=cid,
-            run_id=run_id_of(spec),
-            task_id=inst.task_id,
-            family=family.name,
-            mode=mode,
-            model=spec.model,
-            simulator=simulator.name,
-            judge=judge.name,
-            judge_version=judge.version,
-            seed=derive_seed(spec.seed, cid),
-            run_index=r,
-            n_shards=len(inst.shards),
-            sandbox=sandbox if family.uses_sandbox else None,
-        )
-        states.append(
-            ConversationState(
-                inst,
-                family,
-                record,
-                family.system_prompt(inst),
-                simulator,
-                judge,
-                spec.max_turns,
-            )
-        )
-    if not states:
+    try:  # whatever happens from here on, the store is closed and the folder's lock released
+        return _run_open(spec, backend, progress, todo, done, store, families, simulator, judge,
+                         sandbox)  # fmt: skip
+    finally:
         store.close()
+
+
+def _run_open(
+    spec: RunSpec,
+    backend: Backend | None,
+    progress: bool,
+    todo: list[Planned],
+    done: set[str],
+    store: RunStore,
+    families: dict[str, Family],
+    simulator: Simulator,
+    judge: TurnJudge,
+    sandbox: str | None,
+) -> RunResult:
+    """:func:`run` once the store is open: the conversations not yet done, on the workers or
+    on this process's backend, each written the moment it ends."""
+    result = RunResult(out=Path(spec.out))
+    pending = [item for item in todo if item[0] not in done]
+    result.skipped = len(todo) - len(pending)
+    if not pending:
         return result
+    if spec.workers is not None:
+        from icpo_eval.distributed import run_on_workers
+
+        run_on_workers(spec, pending, sandbox, store, result, progress)
+        return result
+    states = [new_state(spec, item, families, simulator, judge, sandbox) for item in pending]
     if backend is None:
         api = api_settings(spec, spec.api_base)
         backend = load_backend(spec.model, batch_size=spec.batch_size, api=api)
@@ -240,23 +258,74 @@ def run(spec: RunSpec, backend: Backend | None = None, progress: bool = True) ->
             bar.update(1)
 
     try:
-        if isinstance(backend, StreamingBackend):
-            # Continuous batching: a conversation's next turn is queued the moment its reply
-            # is judged, so the backend's batch stays full across turns.
-            def on_result(s: ConversationState, gen: Generation) -> Request | None:
-                s.observe(gen)
-                if s.done:
-                    finished(s)
-                    return None
-                return (s, s.messages(), s.next_seed())
-
-            backend.stream([(s, s.messages(), s.next_seed()) for s in states], params, on_result)
-        else:
-            _rounds(backend, states, params, spec.batch_size, finished, bar)
+        drive(backend, states, params, spec.batch_size, finished, bar)
     finally:
         bar.close()
-        store.close()
     return result
+
+
+def new_state(
+    spec: RunSpec,
+    item: Planned,
+    families: dict[str, Family],
+    simulator: Simulator,
+    judge: TurnJudge,
+    sandbox: str | None,
+) -> ConversationState:
+    """A fresh conversation for one planned item: its record (ids, seed derived from the
+    conversation id, so that it runs the same wherever it runs) and its first user turn."""
+    cid, inst, mode, r = item
+    family = families[get_family(inst.task).name]
+    record = Conversation(
+        conversation_id=cid,
+        run_id=run_id_of(spec),
+        task_id=inst.task_id,
+        family=family.name,
+        mode=mode,
+        model=spec.model,
+        simulator=simulator.name,
+        judge=judge.name,
+        judge_version=judge.version,
+        seed=derive_seed(spec.seed, cid),
+        run_index=r,
+        n_shards=len(inst.shards),
+        sandbox=sandbox if family.uses_sandbox else None,
+    )
+    return ConversationState(
+        inst,
+        family,
+        record,
+        family.system_prompt(inst),
+        simulator,
+        judge,
+        spec.max_turns,
+    )
+
+
+def drive(
+    backend: Backend,
+    states: list[ConversationState],
+    params: GenParams,
+    batch_size: int,
+    finished: Callable[[ConversationState], None],
+    bar: Any,
+) -> None:
+    """Run every conversation of ``states`` to its end on ``backend``, calling ``finished``
+    as each one ends (from a worker thread on the API backend): streaming when the backend
+    streams, turn-by-turn rounds otherwise."""
+    if isinstance(backend, StreamingBackend):
+        # Continuous batching: a conversation's next turn is queued the moment its reply
+        # is judged, so the backend's batch stays full across turns.
+        def on_result(s: ConversationState, gen: Generation) -> Request | None:
+            s.observe(gen)
+            if s.done:
+                finished(s)
+                return None
+            return (s, s.messages(), s.next_seed())
+
+        backend.stream([(s, s.messages(), s.next_seed()) for s in states], params, on_result)
+    else:
+        _rounds(backend, states, params, batch_size, finished, bar)
 
 
 def _rounds(

@@ -146,3 +146,14 @@ def test_started_conversations_go_first(tmp_path, api_cache):
             started_when_first_done = len(seen)
     assert started_when_first_done is not None and started_when_first_done <= 2 * 4
     assert max(turns.values()) >= 2  # the conversations are multi-turn
+
+
+def test_a_run_that_fails_after_opening_its_folder_releases_it(tmp_path):
+    """A backend that cannot load (or any error once the store is open) leaves the folder
+    free: the same process, or the next run, opens it again."""
+    tasks = many_tasks(tmp_path / "tasks.jsonl", 2)
+    spec = RunSpec(model="hf/" + str(tmp_path / "no-such-checkpoint"), tasks=str(tasks),
+                   modes=["full"], out=str(tmp_path / "run"))  # fmt: skip
+    with pytest.raises(Exception):  # noqa: B017 -- whichever error loading raises
+        run(spec, progress=False)
+    RunStore.open(tmp_path / "run", spec)[0].close()

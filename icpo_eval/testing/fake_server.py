@@ -34,6 +34,9 @@ import hashlib
 import json
 import random
 import re
+import subprocess
+import sys
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -285,6 +288,28 @@ class FakeServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_process(latency: float) -> tuple[subprocess.Popen[str], str]:
+    """The server in a process of its own (benchmarks: so that its work does not share the
+    measured process's interpreter), and its base URL. Kill the process when done."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icpo_eval.testing.fake_server", "--latency", str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http"):
+        proc.kill()
+        raise SystemExit(f"fake server did not start: {url!r}")
+    return proc, url
+
+
+def answered(url: str) -> int:
+    """How many requests the server at ``url`` has answered so far (its ``/stats``)."""
+    with urllib.request.urlopen(url.rsplit("/v1", 1)[0] + "/stats") as r:
+        return int(json.load(r)["requests"])
 
 
 def main(argv: list[str] | None = None) -> None:
