@@ -30,6 +30,9 @@ class Generation:
     #: Set when the request finally failed (retries exhausted): the conversation is recorded
     #: as failed with this message and left out of the scores. ``text`` is then empty.
     error: str | None = None
+    #: The token ids the model sampled, its stop token included when it stopped (local
+    #: backends only; the conversation trainer compares them with what it trains on).
+    ids: list[int] | None = None
 
 
 class CallFailed(Exception):

@@ -32,22 +32,38 @@ class LocalBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from icpo_eval.models.local.kv_store import plain_kv_cache
-
-        self.name = name
-        self.batch_size = batch_size
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            self.model = AutoModelForCausalLM.from_pretrained(
-                str(path), dtype=torch.bfloat16 if self.device == "cuda" else torch.float32
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=torch.bfloat16 if device == "cuda" else torch.float32
             )
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise IcpoError(f"cannot load model {name!r} from {path}: {first}") from None
+        model.to(device).eval()
+        self._attach(name, model, tokenizer, batch_size, device)
+
+    @classmethod
+    def from_model(
+        cls, name: str, model: Any, tokenizer: Any, batch_size: int = 16
+    ) -> LocalBackend:
+        """A backend over a model already in memory (the policy being trained: the
+        conversation trainer's rollouts), on the model's device, leaving its mode alone."""
+        self = cls.__new__(cls)
+        self._attach(name, model, tokenizer, batch_size, str(next(model.parameters()).device))
+        return self
+
+    def _attach(self, name: str, model: Any, tokenizer: Any, batch_size: int, device: str) -> None:
+        from icpo_eval.models.local.kv_store import plain_kv_cache
+
+        self.name = name
+        self.batch_size = batch_size
+        self.device = device
+        self.tokenizer = tokenizer
+        self.model = model
         if not getattr(self.tokenizer, "chat_template", None):
             raise IcpoError(f"model {name!r}: its tokenizer has no chat template")
-        self.model.to(self.device).eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -156,12 +172,14 @@ class LocalBackend:
         """A reply from its generated ids: cut at the first stop token (kept in the count)."""
         stop_at = next((j for j, t in enumerate(tokens) if t in self.stop_ids), None)
         kept = tokens if stop_at is None else tokens[:stop_at]
+        sampled = tokens if stop_at is None else tokens[: stop_at + 1]
         return Generation(
             text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
             tokens_in=tokens_in,
             tokens_out=len(kept) + (0 if stop_at is None else 1),
             truncated=stop_at is None,
             latency_s=round(latency, 4),
+            ids=list(sampled),
         )
 
 
