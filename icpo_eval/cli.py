@@ -179,11 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
         "max_prompt_tokens, max_prompts, seed) pick the rows, as the TRL trainer would "
         "(default: a recipe's defaults)",
     )
+    ex.add_argument(
+        "--multi-turn",
+        action="store_true",
+        help="verl only: one row per instruction opening at shard 1, for the multi-turn "
+        "interaction (train/verl/)",
+    )
     ex.add_argument("-o", "--output", required=True, help="output directory (new or empty)")
 
     tr = sub.add_parser("train", help="ICPO fine-tuning (TRL GRPO) on exported reward data")
     tr.add_argument("--config", required=True, help="recipe YAML, e.g. train/smollm2-cpu.yaml")
     tr.add_argument("--data", default=None, help="export directory (overrides the recipe's)")
+    tr.add_argument(
+        "--tasks",
+        default=None,
+        help="conversation rollouts: training instructions (family or task file; overrides)",
+    )
     tr.add_argument("--output-dir", default=None, help="checkpoint directory (overrides)")
     tr.add_argument("--max-steps", type=_positive_int, default=None, help="override the recipe")
 
@@ -355,6 +366,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         augment=args.augment,
         tasks=args.tasks,
         selection=selection,
+        multi_turn=args.multi_turn,
     )
     print(
         f"{counts['rows']} rows ({counts['fully_specified']} fully specified, "
@@ -370,6 +382,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.config)
     if args.data:
         recipe.data = args.data
+    if args.tasks:
+        recipe.tasks = args.tasks
     if args.output_dir:
         recipe.output_dir = args.output_dir
     if args.max_steps:

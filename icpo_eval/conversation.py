@@ -30,7 +30,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from icpo_eval import __version__
-from icpo_eval.families import Family
+from icpo_eval.families import Family, get_family
 from icpo_eval.judges import TurnJudge
 from icpo_eval.models.base import CallFailed, Generation, Messages
 from icpo_eval.records import Conversation, Instruction, Turn, derive_seed, turn_cap
@@ -195,6 +195,40 @@ class ConversationState:
         self.done = True
         score_conversation(self.record)
         self.record.finished_at = _now()
+
+
+def start_conversation(
+    inst: Instruction,
+    mode: str,
+    simulator: Simulator,
+    judge: TurnJudge,
+    max_turns: int | None,
+    *,
+    conversation_id: str,
+    run_id: str,
+    model: str,
+    seed: int,
+    run_index: int = 0,
+) -> ConversationState:
+    """A fresh conversation outside a run (a trainer's rollout): its record and first turn."""
+    family = get_family(inst.task)
+    record = Conversation(
+        conversation_id=conversation_id,
+        run_id=run_id,
+        task_id=inst.task_id,
+        family=family.name,
+        mode=mode,
+        model=model,
+        simulator=simulator.name,
+        judge=judge.name,
+        judge_version=judge.version,
+        seed=seed,
+        run_index=run_index,
+        n_shards=len(inst.shards),
+    )
+    return ConversationState(
+        inst, family, record, family.system_prompt(inst), simulator, judge, max_turns
+    )
 
 
 def score_conversation(rec: Conversation) -> None:

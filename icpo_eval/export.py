@@ -24,6 +24,17 @@ Formats (all three read back by :func:`load_export` into the same rows):
   trainer's order. ``selection.json`` beside the parquet says with which keys, from how many
   rows, and which row ids were picked.
 
+  Every verl row also carries ``extra_info["interaction_kwargs"]``, what verl's multi-turn
+  rollout hands :class:`icpo_eval.verl_interaction.IcpoInteraction`: ``name`` (``icpo``),
+  ``instruction`` (the instruction JSON) and ``revealed`` (the shard ids the row's prompt has
+  given: every shard for a ``full`` row, all but the removed ones for a q* row, for a turn of the
+  run those whose text its user messages hold, shard 1 always), so that a multi-turn rollout
+  can go on from any row. ``multi_turn=True`` (:func:`start_rows`) exports the openings of
+  sharded conversations instead: one row per instruction of the run, the system prompt and
+  shard 1 alone (the simulator's first turn), ``agent_name`` ``tool_agent`` (verl's loop with
+  interactions), shuffled with the selection's seed and cut to its ``max_prompts`` (its other
+  keys do not apply: nearly every opening is underspecified, and there is one per task).
+
 ``jsonl`` and ``hf`` keep every row: ``icpo-eval train`` selects when it loads them.
 
 Every directory also gets ``export.json``: the format, the run it came from and row counts.
@@ -184,19 +195,87 @@ def build_rows(
 # --------------------------------------------------------------------------------------------
 
 
-def _to_verl(row: dict[str, Any], index: int) -> dict[str, Any]:
+#: The interaction's name in verl's interaction config (icpo_eval.verl_interaction).
+INTERACTION_NAME = "icpo"
+#: verl's agent loop that runs interactions (``verl/experimental/agent_loop/tool_agent_loop.py``).
+MULTI_TURN_AGENT = "tool_agent"
+START_MODE = "sharded"
+
+
+def prompt_revealed(row: dict[str, Any], inst: Instruction) -> list[int]:
+    """The shard ids a row's prompt has given (see the module doc)."""
+    all_ids = [s.shard_id for s in inst.shards]
+    if row["source"] == "augment":
+        removed = {int(x) for x in row.get("removed_shards") or []}
+        return [i for i in all_ids if i not in removed]
+    said = "\n".join(str(m.get("content") or "") for m in row["prompt"] if m.get("role") == "user")
+    first = inst.shards[0].shard_id
+    return [s.shard_id for s in inst.shards if s.shard_id == first or s.shard in said]
+
+
+def interaction_kwargs(row: dict[str, Any]) -> dict[str, Any]:
+    """``extra_info["interaction_kwargs"]`` of a verl row (flat: one parquet struct for all)."""
+    inst = Instruction.from_dict(json.loads(row["instruction"]), where=f"row {row['row_id']}")
+    return {
+        "name": INTERACTION_NAME,
+        "instruction": row["instruction"],
+        "revealed": prompt_revealed(row, inst),
+    }
+
+
+def _to_verl(row: dict[str, Any], index: int, multi_turn: bool = False) -> dict[str, Any]:
     extra = {k: row[k] for k in COLUMNS if k not in ("prompt", "family", "instruction")}
     extra["index"] = index
     # verl hands a reward function only (data_source, solution_str, ground_truth, extra_info):
     # the judge needs the conversation so far, so it travels in extra_info too.
     extra["messages"] = json.dumps(row["prompt"], ensure_ascii=False)
-    return {
+    # verl's multi-turn rollout starts the interaction with these (and passes them every turn).
+    extra["interaction_kwargs"] = interaction_kwargs(row)
+    out = {
         "data_source": f"icpo_eval/{row['family']}",
         "prompt": row["prompt"],
         "ability": row["family"],
         "reward_model": {"style": "rule", "ground_truth": row["instruction"]},
         "extra_info": extra,
     }
+    if multi_turn:
+        out["agent_name"] = MULTI_TURN_AGENT
+    return out
+
+
+def start_rows(
+    rows: list[dict[str, Any]], selection: Selection | None = None
+) -> list[dict[str, Any]]:
+    """The openings of sharded conversations: one row per instruction in ``rows`` (the system
+    prompt and shard 1 alone, as the simulator opens), shuffled with the selection's seed and
+    cut to its ``max_prompts``."""
+    sel = selection or Selection()
+    by_task: dict[str, str] = {}
+    for r in rows:
+        by_task.setdefault(r["task_id"], r["instruction"])
+    out = []
+    for task_id in sorted(by_task):
+        inst = Instruction.from_dict(json.loads(by_task[task_id]), where=f"task {task_id}")
+        first = inst.shards[0]
+        out.append(
+            _row(
+                row_id=f"{task_id}:start",
+                source="run",
+                task_id=task_id,
+                family=inst.task,
+                mode=START_MODE,
+                turn_index=0,
+                prompt=_system(inst) + [{"role": "user", "content": first.shard}],
+                fully_specified=inst.required_ids <= {first.shard_id},
+                instruction=by_task[task_id],
+            )
+        )
+    random.Random(sel.seed).shuffle(out)
+    if sel.max_prompts:
+        out = out[: sel.max_prompts]
+    if not out:
+        raise IcpoError("nothing to export: the run has no instructions")
+    return out
 
 
 def _from_verl(rec: dict[str, Any]) -> dict[str, Any]:
@@ -214,7 +293,11 @@ def _from_verl(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_export(
-    rows: list[dict[str, Any]], out: str | Path, fmt: str, meta: dict[str, Any] | None = None
+    rows: list[dict[str, Any]],
+    out: str | Path,
+    fmt: str,
+    meta: dict[str, Any] | None = None,
+    multi_turn: bool = False,
 ) -> Path:
     if fmt not in FORMATS:
         raise IcpoError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
@@ -236,7 +319,7 @@ def write_export(
     else:
         import pandas as pd
 
-        pd.DataFrame([_to_verl(r, i) for i, r in enumerate(rows)]).to_parquet(
+        pd.DataFrame([_to_verl(r, i, multi_turn) for i, r in enumerate(rows)]).to_parquet(
             d / VERL_FILE, index=False
         )
     counts = _counts(rows)
@@ -333,11 +416,15 @@ def export_run(
     augment: bool = False,
     tasks: str | None = None,
     selection: Selection | None = None,
+    multi_turn: bool = False,
 ) -> tuple[Path, dict[str, int]]:
     """Export a run. A ``verl`` export holds the selected training prompts (``selection``,
-    default: a recipe's defaults) and records the selection in ``selection.json``."""
+    default: a recipe's defaults) and records the selection in ``selection.json``;
+    ``multi_turn`` (verl only) the openings of sharded conversations (:func:`start_rows`)."""
     if fmt not in FORMATS:
         raise IcpoError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
+    if multi_turn and fmt != "verl":
+        raise IcpoError("multi-turn rows (conversation openings) are for --format verl only")
     if selection is not None and fmt != "verl":
         raise IcpoError(
             f"a recipe's selection applies to --format verl only; a {fmt} export keeps every "
@@ -348,11 +435,12 @@ def export_run(
     if fmt != "verl":
         return write_export(rows, out, fmt, meta=meta), _counts(rows)
     sel = selection or Selection()
-    picked = verl_rows(rows, sel)
-    meta.update(selection=sel.to_dict(), selected_from=len(rows))
-    d = write_export(picked, out, fmt, meta=meta)
+    picked = start_rows(rows, sel) if multi_turn else verl_rows(rows, sel)
+    meta.update(selection=sel.to_dict(), selected_from=len(rows), multi_turn=multi_turn)
+    d = write_export(picked, out, fmt, meta=meta, multi_turn=multi_turn)
     record = {
         "selection": sel.to_dict(),
+        "multi_turn": multi_turn,
         "rows_in": len(rows),
         "rows_selected": len(picked),
         **{k: v for k, v in _counts(picked).items() if k != "rows"},

@@ -23,9 +23,12 @@ hand-labelled replies (development and held-out sets, of the embedded model and 
 strong chat models; ``tests/data/JUDGE_LABELS.md`` is the labelling standard). Invisible
 characters (zero-width spaces, joiners) do not count: a reply of only those is ``missing``. A
 reply without any digit is read with its numbers in words as digits
-(:func:`~icpo_eval.families.text.digits_for_number_words`), so that "seven", "I think it's
-seven." and "twelve apples" commit to a number as "7" would; number words in working ("the sum
-of four numbers") are not read as results, only a closing statement of one. Sentences are split
+(:func:`~icpo_eval.families.text.digits_for_number_words`: cardinals, dozens, halves and
+other simple fractions), so that "seven", "I think it's seven.", "twelve apples", "a dozen
+pencils", "two and a half hours" and "Each gets one half." commit to a number as digits would,
+while words that are no quantity ("half of the problem is missing", "the third shard", "a
+couple of details", "a quarter past") stay words; number words in working ("the sum of four
+numbers") are not read as results, only a closing statement of one. Sentences are split
 with titles and abbreviations kept whole ("Ms. Lee"), and a trailing emoji is no sentence.
 
 Conventions for borderline replies (the labelled sets follow them; Lost in Conversation's
@@ -367,8 +370,9 @@ def _classify(
 #: with any change to the rules that can change a category: runs judged by different versions are
 #: then never merged into one leaderboard row (``icpo-eval rejudge`` brings an old run up to date).
 #: ``tests/test_judges.py`` holds a fingerprint of the rule judge's categories on the labelled
-#: sets and fails when they change under an unchanged version.
-RULE_JUDGE_VERSION = "2"
+#: sets and fails when they change under an unchanged version. Version 3 reads dozens, halves
+#: and simple fractions in words (issue 15).
+RULE_JUDGE_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -598,21 +602,23 @@ def agreement(a: list[str], b: list[str]) -> dict[str, float | int]:
 # ---------------------------------------------------------------------------------------------
 # Judge audit: quantities stated in words (the report and train/reproduce_icpo.py flag them)
 
-_SPELLED = re.compile(
-    r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|"
-    r"fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|"
-    r"seventy|eighty|ninety|hundred|thousand)\b",
-    re.I,
-)
-
 
 def states_number_in_words(text: str) -> bool:
-    """A reply without a digit or a question whose last sentence holds a number word ("Two
-    dollars.", "Omar has two marbles."). The rule judge read only digits until it read number
-    words too (module docstring), so in records judged before, such a reply counts as a
-    non-answer although it may commit to a quantity: a policy trained against that judge can
-    learn it. This flags them for an audit; it does not judge them."""
-    if re.search(r"\d", text) or "?" in text:
+    """A reply without a digit or a question whose last sentence states a number in words as
+    :func:`~icpo_eval.families.text.digits_for_number_words` reads them ("Two dollars.", "Omar
+    has two marbles.", "a dozen eggs", "two and a half hours", "Each gets one half."; not "the
+    third shard", "half of the problem", "a couple", "which one"). The rule judge read only
+    digits until it read number words too (module docstring), so in records judged before, such
+    a reply counts as a non-answer although it may commit to a quantity: a policy trained
+    against that judge can learn it. This flags them for an audit; it does not judge them. Its
+    cost is linear in the reply's length (no pattern backtracks more than a bounded stretch)."""
+    if "?" in text or _DIGIT.search(text):
         return False
     sents = split_sentences(text)
-    return bool(sents) and bool(_SPELLED.search(sents[-1]))
+    if not sents:
+        return False
+    last = sents[-1]
+    return digits_for_number_words(last) != last
+
+
+_DIGIT = re.compile(r"\d")

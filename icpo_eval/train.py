@@ -35,7 +35,7 @@ import yaml
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import get_family
-from icpo_eval.judges import get_judge
+from icpo_eval.judges import get_judge, states_number_in_words
 from icpo_eval.records import NON_ANSWERS, Instruction
 from icpo_eval.reward import judge_reply
 
@@ -55,6 +55,23 @@ class Recipe:
     output_dir: str = "checkpoints/icpo"
     judge: str = "rule"
     seed: int = 0
+    # -- rollouts ----------------------------------------------------------------------------
+    #: ``single``: one completion per exported prompt (the paper's q / q* training).
+    #: ``conversation``: the policy plays whole conversations against the simulator
+    #: (:mod:`icpo_eval.rollout`; train/README.md says how turn rewards become the advantage).
+    rollout: str = "single"
+    #: Conversation rollouts: the training instructions (``--tasks`` syntax: a family name or a
+    #: task file); None takes the instructions of the export in ``data``.
+    tasks: str | None = None
+    #: Conversation rollouts: the modes each instruction is played in (one GRPO group per
+    #: instruction and mode).
+    conversation_modes: list[str] = field(default_factory=lambda: ["sharded", "full"])
+    #: Conversation rollouts: the turn cap (None: the harness's, shards + 2).
+    max_turns: int | None = None
+    #: Conversation rollouts: the user simulator (``rule`` or ``llm:MODEL``).
+    simulator: str = "rule"
+    #: Conversation rollouts: conversations decoded together (the local backend's batch).
+    rollout_batch_size: int = 16
     # -- data selection ------------------------------------------------------------------
     sources: list[str] = field(default_factory=lambda: ["run", "augment"])
     #: Resample so that this share of prompts is underspecified (None: keep the export's mix).
@@ -94,6 +111,7 @@ class Recipe:
     vllm_importance_sampling_correction: bool = False
     scale_rewards: str = "group"  # "group", "batch" or "none" (Dr. GRPO)
     num_iterations: int = 1  # policy updates per generation batch (mu)
+    #: Tokens of one completion; in conversation rollouts, of one assistant turn.
     max_completion_length: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
@@ -153,6 +171,25 @@ class Recipe:
             raise IcpoError(
                 f"max_minutes must be a positive number or null, got {self.max_minutes!r}"
             )
+        if self.rollout not in ("single", "conversation"):
+            raise IcpoError(f"rollout {self.rollout!r}: single or conversation")
+        if self.rollout == "conversation":
+            from icpo_eval.rollout import ROLLOUT_MODES
+
+            bad_modes = [m for m in self.conversation_modes if m not in ROLLOUT_MODES]
+            if bad_modes or not self.conversation_modes:
+                raise IcpoError(
+                    f"conversation_modes must be a non-empty subset of {list(ROLLOUT_MODES)}, "
+                    f"got {self.conversation_modes}"
+                )
+            if self.top_k:
+                raise IcpoError("conversation rollouts sample with top_p only: set top_k: 0")
+            if self.use_vllm:
+                raise IcpoError("conversation rollouts generate with the local backend: use_vllm")
+            if self.max_turns is not None and self.max_turns < 1:
+                raise IcpoError("max_turns must be at least 1 or null")
+            if self.rollout_batch_size < 1:
+                raise IcpoError("rollout_batch_size must be at least 1")
         bad = [s for s in self.sources if s not in ("run", "augment")]
         if bad or not self.sources:
             raise IcpoError(f"sources must be a non-empty subset of [run, augment], got {bad}")
@@ -248,7 +285,7 @@ class IcpoReward:
         **_: Any,
     ) -> list[float]:
         start = time.perf_counter()
-        rewards, categories, unpaid = [], [], []
+        rewards, categories, unpaid, words = [], [], [], []
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
             inst = self.instruction(instruction[i])
             text = completion[-1]["content"] if isinstance(completion, list) else completion
@@ -260,9 +297,10 @@ class IcpoReward:
             rewards.append(v.reward)
             categories.append(v.category)
             unpaid.append(trunc or v.withheld is not None)
+            words.append(states_number_in_words(text))
         self.seconds += time.perf_counter() - start
         if log_metric is not None:
-            for name, values in step_values(rewards, categories, fully_specified, unpaid):
+            for name, values in step_values(rewards, categories, fully_specified, unpaid, words):
                 for value in values:
                     log_metric(name, value)
         return rewards
@@ -273,11 +311,15 @@ def step_values(
     categories: list[str],
     fully_specified: list[bool],
     unpaid: list[bool] | None = None,
+    words: list[bool] | None = None,
 ) -> list[tuple[str, list[float]]]:
     """The calibration view of one batch of rewarded completions, one value per completion:
     rewards and non-answers split by fully specified and underspecified prompts. ``unpaid``
     marks the replies that are no non-answer whatever their category: cut off (truncated), or
-    withheld by the reward's integrity rule (trivial, off-task; ``reward.withheld_reason``)."""
+    withheld by the reward's integrity rule (trivial, off-task; ``reward.withheld_reason``).
+    ``words`` marks the replies that state a number in words
+    (:func:`~icpo_eval.judges.states_number_in_words`); ``icpo/non_answer_number_words`` is
+    their share among the non-answers, a quantity the judge may have missed."""
     cut = unpaid or [False] * len(rewards)
     held = [c in NON_ANSWERS and not t for c, t in zip(categories, cut)]
     full = [i for i, f in enumerate(fully_specified) if f]
@@ -289,6 +331,9 @@ def step_values(
     if under:
         out.append(("icpo/reward_under", [rewards[i] for i in under]))
         out.append(("icpo/non_answer_under", [float(held[i]) for i in under]))
+    if words is not None and any(held):
+        spelled = [float(w) for w, h in zip(words, held) if h]
+        out.append(("icpo/non_answer_number_words", spelled))
     return out
 
 
@@ -297,9 +342,10 @@ def step_stats(
     categories: list[str],
     fully_specified: list[bool],
     unpaid: list[bool] | None = None,
+    words: list[bool] | None = None,
 ) -> dict[str, float]:
     """:func:`step_values` as means (what TRL logs for one process's batch)."""
-    values = step_values(rewards, categories, fully_specified, unpaid)
+    values = step_values(rewards, categories, fully_specified, unpaid, words)
     return {name: sum(v) / len(v) for name, v in values}
 
 
@@ -455,22 +501,61 @@ def format_log(e: dict[str, Any]) -> str:
         v = e.get(key)
         return "-" if v is None else format(v, fmt)
 
+    tail = (
+        f"words|non-answer {f('icpo/non_answer_number_words')}  kl {f('kl', '.4f')}  "
+        f"entropy {f('entropy')}  step {f('icpo/step_seconds', '.1f')}s"
+    )
+    if "icpo/turns" in e or "icpo/correct_single" in e:  # conversation rollouts
+        return (
+            f"step {e['step']:>4}  return {f('reward')}  non-answer|under "
+            f"{f('icpo/non_answer_under')}  over-clar|fully {f('icpo/over_clarification')} "
+            f"(one turn {f('icpo/over_clarification_single')})  correct {f('icpo/correct')} "
+            f"(one turn {f('icpo/correct_single')})  turns {f('icpo/turns', '.1f')}  {tail}"
+        )
     return (
         f"step {e['step']:>4}  reward {f('reward')} (fully {f('icpo/reward_fully')}, "
         f"under {f('icpo/reward_under')})  non-answer|under {f('icpo/non_answer_under')}  "
-        f"over-clar|fully {f('icpo/over_clarification')}  kl {f('kl', '.4f')}  "
-        f"entropy {f('entropy')}  step {f('icpo/step_seconds', '.1f')}s  "
+        f"over-clar|fully {f('icpo/over_clarification')}  {tail}  "
         f"reward share {f('icpo/reward_time_share', '.2%')}"
     )
+
+
+def conversation_items(recipe: Recipe) -> list[tuple[Instruction, str]]:
+    """The (instruction, mode) pairs conversation rollouts train on: every instruction of
+    ``tasks`` (or of the export in ``data``) in every mode of ``conversation_modes``."""
+    if recipe.tasks:
+        from icpo_eval.tasksets import load_tasks
+
+        insts = load_tasks(recipe.tasks)
+    else:
+        from icpo_eval.export import load_export
+
+        seen: dict[str, Instruction] = {}
+        for row in load_export(recipe.data):
+            inst = Instruction.from_dict(json.loads(row["instruction"]), where="export row")
+            seen.setdefault(inst.task_id, inst)
+        insts = list(seen.values())
+    items = [(inst, mode) for inst in insts for mode in recipe.conversation_modes]
+    if recipe.max_prompts is not None and len(items) > recipe.max_prompts:
+        import random
+
+        items = random.Random(recipe.seed).sample(items, recipe.max_prompts)
+    if not items:
+        raise IcpoError("no training instructions for conversation rollouts")
+    return items
 
 
 def train(recipe: Recipe) -> Path:
     """Run ICPO training; return the directory of the final checkpoint."""
     from icpo_eval.export import load_export
 
-    if not recipe.data:
-        raise IcpoError("no training data: set `data:` in the recipe or pass --data DIR")
-    rows = load_export(recipe.data)
+    conversations = recipe.rollout == "conversation"
+    if not recipe.data and not (conversations and recipe.tasks):
+        raise IcpoError(
+            "no training data: set `data:` in the recipe or pass --data DIR"
+            + (" (or `tasks:` for conversation rollouts)" if conversations else "")
+        )
+    rows = [] if conversations else load_export(recipe.data)
     trl = _trl()
     import datasets
     import torch
@@ -488,14 +573,39 @@ def train(recipe: Recipe) -> Path:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
 
-    picked = select_rows(rows, recipe, lambda messages: prompt_tokens(tok, messages))
-    n_under = sum(not r["fully_specified"] for r in picked)
-    print(
-        f"training prompts: {len(picked)} ({len(picked) - n_under} fully specified, "
-        f"{n_under} underspecified) from {len(rows)} export rows"
-    )
-    columns = ("prompt", "fully_specified", "instruction", "family", "task_id")
-    dataset = datasets.Dataset.from_list([{k: r[k] for k in columns} for r in picked])
+    rollout_func = None
+    if conversations:
+        from icpo_eval.models.base import GenParams
+        from icpo_eval.rollout import ConversationReward, ConversationRollout, item_key
+        from icpo_eval.simulator import get_simulator
+
+        items = conversation_items(recipe)
+        n_under = sum(mode not in ("full", "concat") for _, mode in items)
+        print(
+            f"training conversations: {len(items)} (instruction, mode) pairs over "
+            f"{len({i.task_id for i, _ in items})} instructions, modes "
+            f"{', '.join(recipe.conversation_modes)}"
+        )
+        keyed = {item_key(mode, inst.task_id): (inst, mode) for inst, mode in items}
+        dataset = datasets.Dataset.from_list(
+            [
+                {"prompt": key, "task_id": inst.task_id, "mode": mode, "family": inst.task}
+                for key, (inst, mode) in keyed.items()
+            ]
+        )
+        train_ids = sorted({inst.task_id for inst, _ in items})
+        n_prompts = len(keyed)
+    else:
+        picked = select_rows(rows, recipe, lambda messages: prompt_tokens(tok, messages))
+        n_under = sum(not r["fully_specified"] for r in picked)
+        print(
+            f"training prompts: {len(picked)} ({len(picked) - n_under} fully specified, "
+            f"{n_under} underspecified) from {len(rows)} export rows"
+        )
+        columns = ("prompt", "fully_specified", "instruction", "family", "task_id")
+        dataset = datasets.Dataset.from_list([{k: r[k] for k in columns} for r in picked])
+        train_ids = sorted({str(r["task_id"]) for r in picked})
+        n_prompts = len(picked)
 
     use_cpu = not torch.cuda.is_available()
     # The training config first: under accelerate with DeepSpeed ZeRO-3 it is what tells
@@ -511,7 +621,24 @@ def train(recipe: Recipe) -> Path:
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     if tok.eos_token_id is not None:
         eos_ids.append(tok.eos_token_id)
-    reward = IcpoReward(recipe.judge, eos_ids, tok.pad_token_id)
+    if conversations:
+        reward: Any = ConversationReward()
+        rollout_func = ConversationRollout(
+            items=keyed,
+            simulator=get_simulator(recipe.simulator),
+            judge=get_judge(recipe.judge),
+            params=GenParams(
+                temperature=recipe.temperature,
+                top_p=recipe.top_p,
+                max_new_tokens=recipe.max_completion_length,
+            ),
+            max_turns=recipe.max_turns,
+            batch_size=recipe.rollout_batch_size,
+            seed=recipe.seed,
+        )
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental
+    else:
+        reward = IcpoReward(recipe.judge, eos_ids, tok.pad_token_id)
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / LOG_FILE
@@ -523,6 +650,7 @@ def train(recipe: Recipe) -> Path:
         train_dataset=dataset,
         processing_class=tok,
         callbacks=[_callback(reward, log_path, recipe.max_minutes)],
+        rollout_func=rollout_func,
     )
     trainer.remove_callback(PrinterCallback)  # our callback prints one line per step instead
     start = time.perf_counter()
@@ -542,10 +670,13 @@ def train(recipe: Recipe) -> Path:
             "weights": str(next(trained.parameters()).dtype).removeprefix("torch."),
             "autocast": trainer.accelerator.mixed_precision,
         },
-        "prompts": len(picked),
+        "rollout": recipe.rollout,
+        "prompts": n_prompts,
+        # single: underspecified prompts; conversation: (instruction, mode) pairs that reveal
+        # the task over several turns.
         "underspecified_prompts": n_under,
         # What the checkpoint was trained on: `icpo-eval run` refuses to evaluate it there.
-        "train_task_ids": sorted({str(r["task_id"]) for r in picked}),
+        "train_task_ids": train_ids,
         "steps": result.global_step,
         "train_seconds": round(seconds, 1),
         "training_loss": result.training_loss,

@@ -1,15 +1,18 @@
 """The rule judge against hand-labelled replies, and the ICPO reward.
 
-Four labelled sets (tests/data, described in `JUDGE_LABELS.md`): `judge_labelled.jsonl` and
+Labelled sets (tests/data, described in `JUDGE_LABELS.md`): `judge_labelled.jsonl` and
 `judge_holdout.jsonl` (replies of the embedded model, math), `judge_strong_dev.jsonl` and
 `judge_strong_holdout.jsonl` (replies in the style of strong chat models, four families). Each
 pair is a development set (the rules were tuned on it) and a held-out set (written separately
-by another author, not looked at while tuning). Run `pytest -s tests/test_judges.py` to see
-per-class recall, the confusion matrix and the reward consequence of the errors.
+by another author, not looked at while tuning). `judge_strong_variants.jsonl` and
+`judge_number_words.jsonl` (math replies stating numbers in words) are development sets too.
+Run `pytest -s tests/test_judges.py` to see per-class recall, the confusion matrix and the
+reward consequence of the errors.
 """
 
 import hashlib
 import json
+import time
 from collections import Counter
 from functools import cache
 from pathlib import Path
@@ -17,7 +20,12 @@ from pathlib import Path
 import pytest
 
 from icpo_eval.families import get_family
-from icpo_eval.judges import RULE_JUDGE_VERSION, RuleJudge, rule_classify
+from icpo_eval.judges import (
+    RULE_JUDGE_VERSION,
+    RuleJudge,
+    rule_classify,
+    states_number_in_words,
+)
 from icpo_eval.paths import TASKS_DIR
 from icpo_eval.records import CATEGORIES, NON_ANSWERS, Instruction
 from icpo_eval.reward import icpo_reward
@@ -25,6 +33,10 @@ from icpo_eval.tasksets import read_jsonl
 
 DATA = Path(__file__).parent / "data"
 STRONG = ["judge_strong_dev.jsonl", "judge_strong_holdout.jsonl", "judge_strong_variants.jsonl"]
+#: Math replies that state numbers in words (issue 15), answers and non-answers; in the format
+#: of the strong-style sets, written by the rules' author, so a development set.
+NUMBER_WORDS = "judge_number_words.jsonl"
+CONVERSATION_SETS = [*STRONG, NUMBER_WORDS]
 FINGERPRINT = DATA / "judge_rule_fingerprint.json"
 
 
@@ -131,7 +143,7 @@ def test_rule_judge_separates_answers_from_non_answers(name):
     assert acc7 >= 0.6
 
 
-@pytest.mark.parametrize("name", STRONG)
+@pytest.mark.parametrize("name", CONVERSATION_SETS)
 def test_strong_sets_are_well_formed(name):
     items = load(name)
     assert len({it["id"] for it in items}) == len(items)
@@ -140,7 +152,11 @@ def test_strong_sets_are_well_formed(name):
         inst = tasks(it["family"])[it["task_id"]]
         assert it["revealed"][0] == 1
         assert set(it["revealed"]) <= {s.shard_id for s in inst.shards}
-    if name != "judge_strong_variants.jsonl":
+    if name == NUMBER_WORDS:
+        counts = Counter(it["label"] for it in items)
+        assert len(items) >= 24 and counts["answer_attempt"] >= 8
+        assert sum(counts.values()) - counts["answer_attempt"] >= 8
+    elif name != "judge_strong_variants.jsonl":
         counts = Counter((it["family"], it["label"]) for it in items)
         for family in ("math", "code", "database", "actions"):
             for c in CATEGORIES:
@@ -160,10 +176,11 @@ STRONG_FLOORS = {
     "judge_strong_dev.jsonl": (0.95, 0.95, 0.02),
     "judge_strong_holdout.jsonl": (0.93, 0.85, 0.05),
     "judge_strong_variants.jsonl": (0.95, 0.95, 0.05),
+    NUMBER_WORDS: (0.95, 0.9, 0.05),
 }
 
 
-@pytest.mark.parametrize("name", STRONG)
+@pytest.mark.parametrize("name", CONVERSATION_SETS)
 def test_rule_judge_reads_strong_style_replies(name):
     items, preds = strong(name)
     got = scores(items, preds, name)
@@ -179,7 +196,7 @@ def rule_fingerprint() -> str:
         for name in ("judge_labelled.jsonl", "judge_holdout.jsonl")
         for it in load(name)
     ]
-    cats += [p for name in STRONG for p in strong(name)[1]]
+    cats += [p for name in CONVERSATION_SETS for p in strong(name)[1]]
     return hashlib.sha256("\n".join(cats).encode()).hexdigest()
 
 
@@ -297,6 +314,46 @@ def test_icpo_reward():
     assert icpo_reward(False, "missing", None) == 0.0
     # A reply cut off by the token limit is never rewarded as a non-answer.
     assert icpo_reward(False, "discussion", None, truncated=True) == 0.0
+
+
+@pytest.mark.parametrize(
+    "text, flagged",
+    [
+        ("Omar has two marbles.", True),
+        ("Omar has a dozen marbles.", True),
+        ("Omar has half a dozen marbles.", True),
+        ("It takes two and a half hours.", True),
+        ("Each gets one half.", True),
+        ("Each friend gets three quarters of a pizza.", True),
+        ("I think so. Two dollars.", True),
+        # A question, a digit, or no quantity in words in the last sentence: not flagged.
+        ("Is it half of the apples or all of them?", False),
+        ("Omar has 24 marbles, two dozen.", False),
+        ("Half of the problem is missing.", False),
+        ("The third shard says so.", False),
+        ("A couple of details are missing.", False),
+        ("Which one is it.", False),
+        ("Two marbles were mentioned. Which ones are his.", False),
+    ],
+)
+def test_number_words_audit_reads_what_the_judge_reads(text, flagged):
+    assert states_number_in_words(text) is flagged
+
+
+def test_number_words_audit_is_cheap_on_a_hostile_reply():
+    """A 1 MB reply costs linear time: no pattern backtracks past a bounded stretch (the
+    generous bound is for a shared machine; a quadratic reading takes minutes)."""
+    for reply in (
+        "half " * 200_000,
+        "one " * 250_000,
+        "two dozen and a half " * 50_000,
+        "nine hundred " * 80_000,
+        "half" + " " * 1_000_000 + "x",
+        "a" + " a" * 500_000 + " dozen",
+    ):
+        start = time.monotonic()
+        states_number_in_words(reply)
+        assert time.monotonic() - start < 30
 
 
 if __name__ == "__main__":  # write the fingerprint of the current rule judge

@@ -447,3 +447,57 @@ def test_hostile_replies_are_read_in_bounded_time(family: MathFamily, reply: str
     answer = family.extract(_ref("5"), reply)
     family.evaluate(_ref("5"), answer)
     assert time.monotonic() - start < 20
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers in words: dozens, halves, fractions (issue 15)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("response", "reference"),
+    [
+        ("The answer is two dozen.", "24"),
+        ("Each gets one half.", "1/2"),
+        ("It takes three and a half hours.", "7/2"),
+        ("three and a half hours", "3.5"),
+        ("Ana has a dozen pencils.", "12"),
+        ("Ken has half a dozen daisies left.", "6"),
+        ("Noah is left with one and a half dozen cookies.", "18"),
+        ("Answer: three quarters", "3/4"),
+        ("Each friend gets two thirds of a pizza.", "2/3"),
+        ("It is a quarter.", "0.25"),
+        ("Each gets half.", "0.5"),
+        ("The trip takes an hour and a half.", "3/2"),
+        ("Priya saves twenty-five and three quarters dollars.", "103/4"),
+    ],
+)
+def test_number_words_answers_score(family: MathFamily, response: str, reference: str) -> None:
+    inst = _ref(reference)
+    answer = family.extract(inst, response)
+    assert family.evaluate(inst, answer) == 1.0, answer
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        # A reply with digits is read as written: words beside the digits are not answers.
+        ("Half of the 24 eggs break, so 12 are left.", "12"),
+        ("She has 12 apples, a dozen.", "12"),
+        ("Answer: 6 (half a dozen)", "6"),
+        ("A third of the 9 plums are ripe: 3.", "3"),
+        # Words that are no quantity do not become one.
+        ("Half of them are red, so twelve are left.", "12"),
+        ("There are twelve left; half of the problem was the boxes.", "12"),
+        ("In the first half, Tom has nine apples.", "9"),
+        ("The third shard says Tom has four apples.", "4"),
+        ("Half the problem is missing.", None),
+        ("A couple of details are missing.", None),
+        ("a third option", None),
+        ("a quarter past", None),
+    ],
+)
+def test_number_words_that_are_no_answer(
+    family: MathFamily, response: str, expected: str | None
+) -> None:
+    assert family.extract(_ref("1"), response) == expected

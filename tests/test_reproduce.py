@@ -72,3 +72,34 @@ def test_training_table_averages_windows_of_logged_steps(script, tmp_path):
     assert table[2].startswith("| 1-10 |") and table[3].startswith("| 11-12 |")
     assert first[list(script.TRAIN_COLUMNS).index("KL") + 1] == "0.55"
     assert first[list(script.TRAIN_COLUMNS).index("reward, fully specified") + 1] == "–"
+
+
+def test_the_online_experiment_states_each_target_met_or_missed():
+    path = ROOT / "train" / "reproduce_online.py"
+    spec = importlib.util.spec_from_file_location("reproduce_online", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from icpo_eval.compare import Estimate
+
+    base, m = module.BASE, "hf/checkpoints/smollm2-icpo-online"
+
+    def est(model, mode, figure, value, diff=None, lo=None, hi=None):
+        return Estimate("math", mode, figure, model, value, value - 1, value + 1, diff, lo, hi)
+
+    estimates = [
+        est(base, "sharded", "over-clarification rate, fully specified turns (%)", 42.2),
+        est(m, "sharded", "non-answer rate, underspecified turns (%)", 70.0, 45.0, 41.0, 49.0),
+        est(m, "sharded", "over-clarification rate, fully specified turns (%)", 50.0, 7.8, 2, 12),
+        est(m, "full", "over-clarification rate, fully specified turns (%)", 12.0, 5.0, 1, 9),
+        est(m, "sharded", "P", 11.0, 0.8, -2.0, 3.0),
+        est(m, "full", "P", 5.0, -2.0, -4.5, 0.4),
+    ]
+    rows = [r for r in module.targets(estimates, [m]).splitlines() if r.startswith(f"| {m}")]
+    verdicts = [r.rsplit("|", 2)[-2].strip() for r in rows]
+    # +40 with its lower bound (41) met; over-clarification above base missed; full 12% met;
+    # P sharded above base met; P full's difference interval reaches above 0: within noise.
+    assert verdicts == ["met", "missed", "met", "met", "met"]
+    assert "(42.2%)" in rows[1] and "+45.0 [+41.0, +49.0]" in rows[0]
+    estimates[1] = est(m, "sharded", "non-answer rate, underspecified turns (%)", 60, 41, 39, 43)
+    rows = [r for r in module.targets(estimates, [m]).splitlines() if r.startswith(f"| {m}")]
+    assert rows[0].rstrip(" |").endswith("missed")  # the point is met, the lower bound not

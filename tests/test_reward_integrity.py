@@ -339,6 +339,51 @@ def test_train_non_answers_keep_their_reward():
         ("one of them", "one of them"),
         ("I need one more detail.", "I need one more detail."),
         ("Someone is asking.", "Someone is asking."),
+        ("The second one is harder.", "The second one is harder."),
+        # Dozens, halves and other fractions (issue 15).
+        ("a dozen eggs", "12 eggs"),
+        ("two dozen", "24"),
+        ("three dozens", "36"),
+        ("half a dozen", "6"),
+        ("a half-dozen eggs", "6 eggs"),
+        ("one and a half dozen", "18"),
+        ("one half", "0.5"),
+        ("Each gets one-half.", "Each gets 0.5."),
+        ("Each gets a half.", "Each gets 0.5."),
+        ("It's a quarter.", "It's 0.25."),
+        ("Half.", "0.5."),
+        ("Each gets half.", "Each gets 0.5."),
+        ("three quarters", "0.75"),
+        ("two thirds", "2/3"),
+        ("three fifths", "0.6"),
+        ("two and a half hours", "2.5 hours"),
+        ("one and a half", "1.5"),
+        ("twenty-five and three quarters", "25.75"),
+        ("two and two thirds", "8/3"),
+        ("half an hour", "0.5 hour"),
+        ("an hour and a half", "1.5 hour"),
+        ("two hours and a half", "2.5 hours"),
+        ("half a million", "500000"),
+        ("three quarters of a mile", "0.75 of a mile"),
+        # Fraction words that are no quantity stay words: a share of something unnamed, an
+        # ordinal, a time of day, an idiom, a vague amount.
+        ("half of the problem is missing", "half of the problem is missing"),
+        ("Half the problem is missing.", "Half the problem is missing."),
+        ("Half of them.", "Half of them."),
+        ("a third of the pie", "a third of the pie"),
+        ("two thirds of the class", "two thirds of the class"),
+        ("in the first half", "in the first half"),
+        ("The other half.", "The other half."),
+        ("Cut it in half.", "Cut it in half."),
+        ("a quarter past nine", "a quarter past 9"),
+        ("a third option", "a third option"),
+        ("There's a third.", "There's a third."),
+        ("the third shard", "the third shard"),
+        ("first and second", "first and second"),
+        ("a couple of details", "a couple of details"),
+        ("dozens of them", "dozens of them"),
+        ("a half-baked idea", "a half-baked idea"),
+        ("four quarters", "4 quarters"),
     ],
 )
 def test_number_words_as_digits(text, digits):
@@ -364,6 +409,33 @@ def test_number_words_are_answer_attempts():
     assert rule_classify("I think it's seven.", said, q) == rule_classify(
         "I think it's 7.", said, q
     )
+
+
+def test_dozens_and_fractions_in_words_are_answer_attempts():
+    q = "How many pencils does Ana have now?"
+    ctx = f"{q}\nAna has 4 pencils."
+    for text in (
+        "Ana has a dozen pencils now.",
+        "Ana ends up with two dozen pencils.",
+        "Ana has half a dozen pencils.",
+        "Ana has four and a half pencils.",
+        "It's a quarter.",
+    ):
+        assert rule_classify(text, ctx, q) == "answer_attempt", text
+    # Non-answers holding such words stay non-answers.
+    for text, category in (
+        ("Is it half of the pencils or all of them?", "clarification"),
+        ("Half the problem is missing: how many pencils does she buy?", "clarification"),
+        (
+            "Knowing her first pencils is a start, but half of the problem is still missing.",
+            "discussion",
+        ),
+        ("We are only a third of the way there.", "discussion"),
+        ("A couple of details are missing.", "discussion"),
+        ("The third detail would tell us what she buys.", "discussion"),
+        ("If she buys a dozen, she has sixteen; if half a dozen, ten.", "hedge"),
+    ):
+        assert rule_classify(text, ctx, q) == category, text
 
 
 def test_math_reads_number_words_only_without_digits():

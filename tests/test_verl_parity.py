@@ -418,8 +418,9 @@ def test_registration_once_even_when_verl_loads_the_file_again(fake_verl):
     assert verl_reward.register_reward_managers() == ["loop", "legacy"]
 
 
-def test_without_verl_the_module_imports_and_the_managers_say_what_they_need():
-    assert "verl" not in sys.modules
+def test_without_verl_the_module_imports_and_the_managers_say_what_they_need(monkeypatch):
+    monkeypatch.setitem(sys.modules, "verl", None)  # as if verl were not installed
+    verl_reward.forget_manager_classes()
     assert verl_reward.register_reward_managers() == []
     with pytest.raises(IcpoError, match="needs verl"):
         verl_reward.reward_manager_cls("loop")

@@ -159,10 +159,37 @@ def run_args(
     ]
 
 
-def summarise(runs: list[Path], out_dir: Path, n_boot: int, log: Path | None = None) -> None:
+def publish(runs: list[Path], out_dir: Path, n_boot: int) -> None:
+    """The leaderboard and the HTML report of ``runs`` (the base model the baseline)."""
+    # Relative paths (the commands run from the repository root): the report names its sources.
+    names = [rel(r) for r in runs]
+    sh("leaderboard", *names, "-o", rel(out_dir / "leaderboard.csv"))
+    sh(
+        "report",
+        *names,
+        "-o",
+        rel(out_dir / "report.html"),
+        "--max-transcripts",
+        "40",
+        "--baseline",
+        BASE,
+        "--bootstrap",
+        str(n_boot),
+    )
+
+
+def summarise(
+    runs: list[Path],
+    out_dir: Path,
+    n_boot: int,
+    log: Path | None = None,
+    more_logs: dict[str, tuple[Path | None, dict[str, str]]] | None = None,
+) -> list:
     """``summary.md`` / ``summary.json`` (figures with 95% intervals over instructions, the
     trained model paired against the base on the same resamples; what the replies were) and
-    ``progress.csv`` (non-answer share by conversation progress in sharded mode, ICPO Fig. 1)."""
+    ``progress.csv`` (non-answer share by conversation progress in sharded mode, ICPO Fig. 1).
+    ``log``: the single-turn training log; ``more_logs``: other training logs by title, each
+    with its columns (:data:`TRAIN_COLUMNS`' form). Returns the estimates."""
     convs = [c for r in runs for c in load_run(r)[1]]
     # The audit figure: the rule judge reads only digits, so a non-answer that states a number
     # in words ("Omar has two marbles.") may be a guess; this rate counts those as answers.
@@ -179,6 +206,12 @@ def summarise(runs: list[Path], out_dir: Path, n_boot: int, log: Path | None = N
             if log is not None and log.exists()
             else ""
         )
+        + "".join(
+            f"\n## Training, {title} (means over 10-step windows)\n\n"
+            + training_table(path, columns=columns)
+            for title, (path, columns) in (more_logs or {}).items()
+            if path is not None and path.exists()
+        )
     )
     (out_dir / "summary.json").write_text(
         json.dumps([dataclasses.asdict(e) for e in estimates], indent=1) + "\n"
@@ -193,6 +226,7 @@ def summarise(runs: list[Path], out_dir: Path, n_boot: int, log: Path | None = N
             lines.append(f"{family},{model},{bucket},{cell},{n}")
     (out_dir / "progress.csv").write_text("\n".join(lines) + "\n")
     print((out_dir / "summary.md").read_text())
+    return estimates
 
 
 TRAIN_COLUMNS = {
@@ -206,18 +240,19 @@ TRAIN_COLUMNS = {
 }
 
 
-def training_table(log: Path, window: int = 10) -> str:
+def training_table(log: Path, window: int = 10, columns: dict[str, str] | None = None) -> str:
     """The training log as a Markdown table: each column's mean over windows of ``window``
     steps (a step logs a figure only when its batch had such prompts)."""
+    columns = columns or TRAIN_COLUMNS
     steps = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     lines = [
-        "| steps | " + " | ".join(TRAIN_COLUMNS) + " |",
-        "|---|" + "---|" * len(TRAIN_COLUMNS),
+        "| steps | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     for start in range(0, len(steps), window):
         chunk = steps[start : start + window]
         cells = []
-        for key in TRAIN_COLUMNS.values():
+        for key in columns.values():
             vals = [s[key] for s in chunk if s.get(key) is not None]
             cells.append(f"{sum(vals) / len(vals):.2f}" if vals else "–")
         span = f"{chunk[0]['step']}-{chunk[-1]['step']}"
@@ -299,21 +334,7 @@ def main() -> int:
     sh_parallel(evals, a.jobs)
 
     runs = [work / f"base-{f}" for f in families] + [work / "icpo-math"]
-    # Relative paths (the commands run from the repository root): the report names its sources.
-    names = [rel(r) for r in runs]
-    sh("leaderboard", *names, "-o", rel(out_dir / "leaderboard.csv"))
-    sh(
-        "report",
-        *names,
-        "-o",
-        rel(out_dir / "report.html"),
-        "--max-transcripts",
-        "40",
-        "--baseline",
-        BASE,
-        "--bootstrap",
-        str(a.bootstrap),
-    )
+    publish(runs, out_dir, a.bootstrap)
     log = trained_dir / "train_log.jsonl"
     if log.exists():
         (out_dir / "train_log.jsonl").write_text(log.read_text())

@@ -23,7 +23,10 @@ How a number is read (:func:`answer_tokens`, :func:`normalize_number`):
 * percentages ``45%`` (``45\\%`` in LaTeX);
 * the answer is the last number of the reply, except that the content of the last
   ``\\boxed{...}`` wins when it holds a number, then the line of the last answer marker
-  (:func:`extract_number`).
+  (:func:`extract_number`);
+* a reply without any digit: its numbers in words, dozens and simple fractions included
+  ("two dozen", "three and a half", "two thirds"), read as digits
+  (:func:`~icpo_eval.families.text.digits_for_number_words`).
 
 Grading compares values exactly with :class:`fractions.Fraction`, never floats: 0.75 equals
 3/4 and 1/3 does not equal 0.333. A percentage has two readings: "45%" matches a reference of
@@ -296,7 +299,11 @@ def extract_number(response: str) -> str | None:
 
     A response without any number in digits is read with its numbers written in words as digits
     (:func:`~icpo_eval.families.text.digits_for_number_words`: "Answer: seven", "twelve
-    apples"), by the same rules; a response with digits is read as written.
+    apples", "two dozen" -> 24, "half a dozen" -> 6, "one half" -> 1/2, "three quarters" ->
+    3/4, "two thirds" -> 2/3, "three and a half hours" -> 7/2), by the same rules; a response
+    with digits is read as written, words beside the digits ignored ("Half of the 24 eggs
+    break, so 12 are left." is 12). Fraction words that are no quantity ("half of the
+    problem", "the third shard") are not numbers.
     """
     if not response:
         return None

@@ -17,11 +17,34 @@ Both skip digits inside identifiers ("x2", "H2O") and after a decimal point, and
 sentence's closing period for a decimal point. :data:`NUMBER_PATTERN` is the judge's number for
 use inside the judge's larger patterns.
 
-Numbers written in words ("seven", "twenty-five", "one hundred and five") are read by
-:func:`digits_for_number_words`, which writes them as digits; the rule judge and the math
-family use it only for a reply that has no digit at all, so that what either does with digits is
-unchanged. "one" is a number there only where it counts something ("one apple", "It's one.",
-"one" alone), not as a pronoun ("the other one", "one of them", "one more detail").
+Numbers written in words are read by :func:`digits_for_number_words`, which writes them as
+digits; the rule judge, its audit (:func:`~icpo_eval.judges.states_number_in_words`) and the
+math family use it only for a reply that has no digit at all, so that what any of them does
+with digits is unchanged. It reads:
+
+* cardinals: "seven", "twenty-five", "one hundred and five", "a hundred" ("a 100"). "one" is a
+  number only where it counts something ("one apple", "It's one.", "one" alone), not as a
+  pronoun ("the other one", "the second one", "one of them", "one more detail");
+* dozens: "a dozen" (12), "two dozen" (24), "three dozens", "half a dozen" / "a half-dozen"
+  (6), "one and a half dozen" (18); not "dozens of" (vague);
+* fractions, written as a decimal where one ends ("0.5", "0.75", "2.5") and as "n/d"
+  otherwise ("2/3"), so that the math family compares them exactly: "one half", "one-third",
+  "two thirds", "three quarters", "three fifths" (a numerator below its denominator; "four
+  quarters" stays "4 quarters"), mixed numbers "two and a half", "twenty-five and three
+  quarters", "two and two thirds", and "half an hour", "an hour and a half", "two hours and a
+  half", "half a million", "a half hour", "three quarters of a mile" with a unit of a short
+  list;
+* "half", "a half", "a third", "a quarter" alone only where they state a quantity: closing a
+  sentence alone or after a verb ("Half.", "Each gets half.", "It's a quarter.") or of a unit
+  ("half of a pizza").
+
+Fraction words that are no quantity stay words: a share of something unnamed ("half of the
+problem is missing", "Half the problem ...", "half of them", "a third of the pie", "two thirds
+of the class", "a third of the way"), ordinals ("the third shard", "a third option", "in the
+first half", "the other half", "There's a third."), "a quarter past", "cut in half",
+"half-baked", and vague amounts ("a couple", "a few", "dozens"). A share is no final number (it
+needs the whole it is a share of), and discussion prose is full of them; ordinals name shards
+and steps. A run of more than 40 number words is no number, so that reading costs linear time.
 """
 
 from __future__ import annotations
@@ -29,6 +52,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from fractions import Fraction
 
 __all__ = [
     "BRANCHING",
@@ -183,15 +207,81 @@ _NUMBER_WORD_RE = re.compile(
 #: Words before a lone "one" that make it a pronoun ("the other one", "which one").
 _ONE_AFTER = frozenset(
     "the this that each every any which no a an another only last first next single same right "
-    "wrong other no one's someone anyone everyone".split()
+    "wrong other no one's someone anyone everyone second third fourth fifth sixth seventh eighth "
+    "ninth tenth".split()
 )
 #: Words after a lone "one" that make it a pronoun or an idiom ("one of them", "one more").
 _ONE_BEFORE = frozenset(
     "of more another other by at too or and else thing things way ways step question detail "
     "point moment sec second minute".split()
 )
-#: Verbs after which a lone "one" closing a sentence is a stated quantity ("It's one.").
+#: Verbs after which a lone "one" (or a bare "half") closing a sentence is a stated quantity
+#: ("It's one.", "Each gets half.").
 _ONE_STATED = frozenset("is it's s was be equals makes gives has have get gets got are".split())
+#: A run of more number words than this is no number (no number written in words needs so
+#: many, and the value of "nine hundred" x 100,000 would cost unbounded time).
+_MAX_RUN_WORDS = 40
+
+#: Fraction words and their denominators: singular after "one"/"a" ("one half", "a third"),
+#: plural after a numerator from two up ("two thirds", "three quarters"). Not "second", a unit
+#: of time far more often than a half.
+_DENOMINATORS = {
+    "half": 2,
+    "third": 3,
+    "quarter": 4,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+}
+_PLURAL_DENOMINATORS = {("halves" if w == "half" else w + "s"): d for w, d in _DENOMINATORS.items()}
+_DEN = "|".join([*_PLURAL_DENOMINATORS, *_DENOMINATORS])
+_DEN_SINGULAR = "|".join(_DENOMINATORS)
+#: Units a fraction or "and a half" may measure ("half an hour", "a day and a half", "three
+#: quarters of a mile"): a small closed list, so that "a third option" or "half a chance"
+#: stay words.
+_UNITS = (
+    r"(?:hour|day|week|month|year|minute|mile|kilometer|kilometre|meter|metre|cup|pound|"
+    r"kilogram|kilo|liter|litre|gallon|dollar|inch|foot|feet|pizza|pie|cake|bag|box|bottle|"
+    r"page|lap)(?:e?s)?"
+)
+#: After a cardinal: "and a half", "and two thirds" (a mixed number).
+_AND_FRACTION_RE = re.compile(
+    rf"[ \t]+and[ \t]+(?:(?P<one>an?|one)|(?P<num>{'|'.join(list(_UNIT_WORDS)[2:10])}))"
+    rf"[ \t-]+(?P<den>{_DEN})\b",
+    re.I,
+)
+#: After a cardinal: a denominator ("one half", "two-thirds", "three quarters").
+_FRACTION_AFTER_RE = re.compile(rf"[ \t-]+(?P<den>{_DEN})\b(?!-)", re.I)
+#: After a number: "dozen" multiplies it ("two dozen", "one and a half dozen").
+_DOZEN_AFTER_RE = re.compile(r"[ \t-]+dozens?\b", re.I)
+#: After a cardinal: "hours and a half" ("two hours and a half").
+_UNIT_AND_HALF_RE = re.compile(rf"[ \t]+(?P<unit>{_UNITS})[ \t]+and[ \t]+a[ \t]+half\b", re.I)
+#: After a fraction without a whole part: "of" and something other than a unit ("half of the
+#: problem", "a third of the way", "two thirds of the class"): a share, not a number.
+_SHARE_OF_RE = re.compile(rf"[ \t]+of\b(?![ \t]+an?[ \t]+{_UNITS}\b)", re.I)
+#: After "a half", "a quarter": a unit ("a half hour", "a quarter mile").
+_UNIT_AFTER_RE = re.compile(rf"[ \t]+{_UNITS}\b", re.I)
+#: The end of a clause: a bare "half" or "a third" there can be a stated quantity.
+_CLAUSE_END_RE = re.compile(r"[ \t]*(?:[.!;:\n]|$)")
+#: Quantities led by an article or "half" rather than by a cardinal.
+_ARTICLE_RE = re.compile(
+    r"\b(?:"
+    r"(?P<half_dozen>half[ \t]+an?[ \t]+dozen|an?[ \t]+half[ \t-]+dozen|half[ \t-]+dozen)"
+    r"|(?P<dozen>an?[ \t]+dozen)"
+    r"|half[ \t]+an?[ \t]+(?P<scale>hundred|thousand|million|billion)"
+    rf"|half[ \t]+an?[ \t]+(?P<half_unit>{_UNITS})"
+    rf"|an?[ \t]+(?P<unit_and_half>{_UNITS})[ \t]+and[ \t]+a[ \t]+half"
+    rf"|(?P<article>an?)[ \t]+(?P<aden>{_DEN_SINGULAR})"
+    r"|(?P<bare>half)"
+    r")\b(?!-)",
+    re.I,
+)
+_WORD_RE = re.compile(r"[\w']+")
+_ONE_FOLLOWS_RE = re.compile(r"\s*([\w']+)?\s*([.?!,;:]|$)?")
 
 
 def _number_value(words: list[str]) -> int:
@@ -209,10 +299,22 @@ def _number_value(words: list[str]) -> int:
     return total + current
 
 
+def _previous_word(text: str, start: int) -> str:
+    before = _WORD_RE.findall(text[max(0, start - 40) : start].lower())
+    return before[-1] if before else ""
+
+
+def _starts_sentence(text: str, start: int) -> bool:
+    """Whether only blank space, or the end of a sentence, comes before ``start``."""
+    head = text[max(0, start - 200) : start].rstrip()
+    if not head:
+        return True
+    return head[-1] in ".?!:\n"
+
+
 def _lone_one_counts(text: str, start: int, end: int) -> bool:
-    before = re.findall(r"[\w']+", text[:start][-40:].lower())
-    after = re.match(r"\s*([\w']+)?\s*([.?!,;:]|$)?", text[end:])
-    prev = before[-1] if before else ""
+    after = _ONE_FOLLOWS_RE.match(text, end)
+    prev = _previous_word(text, start)
     nxt = (after.group(1) or "").lower() if after else ""
     closes = after is not None and after.group(1) is None and after.group(2) is not None
     if prev in _ONE_AFTER:
@@ -220,18 +322,36 @@ def _lone_one_counts(text: str, start: int, end: int) -> bool:
     if nxt:
         return nxt not in _ONE_BEFORE
     # "one" closing a sentence: alone ("One."), or after a verb ("It's one.").
-    alone = not text[:start].strip() or text[:start].rstrip()[-1:] in ".?!:\n"
-    return closes and (alone or prev in _ONE_STATED)
+    return closes and (_starts_sentence(text, start) or prev in _ONE_STATED)
 
 
-def digits_for_number_words(text: str) -> str:
-    """``text`` with every number written in words as digits: "seven" -> "7", "twenty-five
-    apples" -> "25 apples", "one hundred and five" -> "105", "a hundred" -> "a 100". A lone
-    "one" is read only where it counts something (see the module docstring). Digits already in
-    the text are left alone; callers use this on text without any (see the module docstring)."""
-    matches = list(_NUMBER_WORD_RE.finditer(text))
+def _as_digits(value: Fraction) -> str:
+    """A value as digits: an integer, a decimal where it ends ("2.5", "0.75"), else "n/d"."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    d, places = value.denominator, 0
+    for p in (2, 5):
+        k = 0
+        while d % p == 0:
+            d, k = d // p, k + 1
+        places = max(places, k)
+    if d != 1:
+        return f"{value.numerator}/{value.denominator}"
+    digits = str(value.numerator * 10**places // value.denominator).rjust(places + 1, "0")
+    return f"{digits[:-places]}.{digits[-places:]}"
+
+
+def _fraction(word: str) -> tuple[int, bool]:
+    """A fraction word's denominator and whether it is plural."""
+    w = word.lower()
+    if w in _PLURAL_DENOMINATORS:
+        return _PLURAL_DENOMINATORS[w], True
+    return _DENOMINATORS[w], False
+
+
+def _cardinal_runs(text: str) -> list[list[re.Match[str]]]:
     runs: list[list[re.Match[str]]] = []
-    for m in matches:
+    for m in _NUMBER_WORD_RE.finditer(text):
         w = m.group().lower()
         if runs:
             last = runs[-1][-1]
@@ -252,13 +372,102 @@ def digits_for_number_words(text: str) -> str:
                 runs[-1].append(m)
                 continue
         runs.append([m])
+    return runs
+
+
+def _read_run(text: str, run: list[re.Match[str]]) -> tuple[int, str | None]:
+    """Where a run of cardinal words ends, what follows it included ("two and a half dozen"),
+    and its digits; None for a run that is no number (a pronoun "one", a share "two thirds of
+    the class", a run too long)."""
+    end = run[-1].end()
+    words = [m.group().lower() for m in run]
+    if len(words) > _MAX_RUN_WORDS:
+        return end, None
+    whole = _number_value(words)
+    value, read = Fraction(whole), False
+    m = _AND_FRACTION_RE.match(text, end)
+    if m:
+        num = 1 if m.group("one") else _UNIT_WORDS[m.group("num").lower()]
+        den, plural = _fraction(m.group("den"))
+        if num < den and plural == (num > 1):
+            value, end, read = value + Fraction(num, den), m.end(), True
+    if not read:
+        m = _FRACTION_AFTER_RE.match(text, end)
+        if m:
+            den, plural = _fraction(m.group("den"))
+            if 0 < whole < den and plural == (whole > 1):
+                if _SHARE_OF_RE.match(text, m.end()):
+                    return m.end(), None  # "two thirds of the class": a share
+                value, end, read = Fraction(whole, den), m.end(), True
+    m = _DOZEN_AFTER_RE.match(text, end)
+    if m:
+        value, end, read = value * 12, m.end(), True
+    if not read:
+        m = _UNIT_AND_HALF_RE.match(text, end)
+        if m:
+            return m.end(), f"{_as_digits(value + Fraction(1, 2))} {m.group('unit')}"
+    if not read and words == ["one"] and not _lone_one_counts(text, run[0].start(), end):
+        return end, None
+    return end, _as_digits(value)
+
+
+def _read_article(text: str, m: re.Match[str]) -> str | None:
+    """The digits of a quantity :data:`_ARTICLE_RE` found ("a dozen" -> "12", "half an hour"
+    -> "0.5 hour"), or None where the words are no quantity ("half the problem", "a third
+    option", "in the first half", "a quarter past")."""
+    if m.group("half_dozen"):
+        return "6"
+    if m.group("dozen"):
+        return "12"
+    if m.group("scale"):
+        return _as_digits(Fraction(_SCALE_WORDS[m.group("scale").lower()], 2))
+    if m.group("half_unit"):
+        return f"0.5 {m.group('half_unit')}"
+    if m.group("unit_and_half"):
+        return f"1.5 {m.group('unit_and_half')}"
+    start, end = m.start(), m.end()
+    prev = _previous_word(text, start)
+    if prev == "and":
+        return None  # "the first and a half": no whole number before it
+    of_unit = re.match(rf"[ \t]+of[ \t]+an?[ \t]+{_UNITS}\b", text[end : end + 80], re.I)
+    # Closing a sentence alone ("Half.", "A third.") or after a verb ("Each gets half.", "It's
+    # a quarter."); not "There's a third." (a third what?) nor "the other half".
+    closes = _CLAUSE_END_RE.match(text, end) is not None
+    stated = closes and (_starts_sentence(text, start) or prev in _ONE_STATED)
+    if m.group("article"):
+        den, _ = _fraction(m.group("aden"))
+        unit = den in (2, 4) and _UNIT_AFTER_RE.match(text, end)  # "a half hour"
+        return _as_digits(Fraction(1, den)) if of_unit or unit or stated else None
+    # A bare "half": of a unit ("half of a pizza"), or stated.
+    return "0.5" if of_unit or stated else None
+
+
+def digits_for_number_words(text: str) -> str:
+    """``text`` with every number written in words as digits: "seven" -> "7", "twenty-five
+    apples" -> "25 apples", "one hundred and five" -> "105", "a hundred" -> "a 100"; "a dozen"
+    -> "12", "two dozen" -> "24", "half a dozen" -> "6"; "one half" -> "0.5", "three quarters"
+    -> "0.75", "two thirds" -> "2/3", "two and a half" -> "2.5", "half an hour" -> "0.5 hour".
+    A lone "one" is read only where it counts something, and fraction words only where they
+    are quantities (see the module docstring). Digits already in the text are left alone;
+    callers use this on text without any (see the module docstring)."""
+    spans: list[tuple[int, int, str | None]] = []
+    for run in _cardinal_runs(text):
+        end, digits = _read_run(text, run)
+        spans.append((run[0].start(), end, digits))
+    if re.search(
+        r"(?i)dozen|half|third|quarter|fourth|fifth|sixth|seventh|eighth|ninth|tenth", text
+    ):
+        for m in _ARTICLE_RE.finditer(text):
+            spans.append((m.start(), m.end(), _read_article(text, m)))
+    spans.sort(key=lambda s: s[0])
     out, pos = [], 0
-    for run in runs:
-        start, end = run[0].start(), run[-1].end()
-        words = [m.group().lower() for m in run]
-        if words == ["one"] and not _lone_one_counts(text, start, end):
-            continue
-        out += [text[pos:start], str(_number_value(words))]
+    for start, end, digits in spans:
+        if start < pos:
+            continue  # inside a quantity read already ("a half" of "two and a half")
+        if digits is not None:
+            out += [text[pos:start], digits]
+        else:
+            out.append(text[pos:end])
         pos = end
     out.append(text[pos:])
     return "".join(out)

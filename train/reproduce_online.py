@@ -1,0 +1,246 @@
+"""Offline against online ICPO with the embedded model, on CPU, end to end (issue 15).
+
+    .venv/bin/python train/reproduce_online.py            # everything (hours on 2 cores: README)
+    .venv/bin/python train/reproduce_online.py --quick    # a smoke run of every step
+
+Three models on one held-out protocol (the first ``--eval-limit`` math instructions of the
+committed set, ``--runs`` sampled runs each, full, concat and sharded mode, temperature 0.7, rule
+simulator and judge):
+
+- ``local/smollm2``: the base model;
+- ``hf/checkpoints/smollm2-icpo``: offline ICPO, the paper's single-turn q / q* training
+  (``train/smollm2-cpu-30min.yaml``, as ``train/reproduce_icpo.py`` trains it);
+- ``hf/checkpoints/smollm2-icpo-online``: online ICPO, conversation rollouts
+  (``train/smollm2-cpu-online.yaml``): the policy plays whole sharded and full conversations
+  against the rule simulator on the same training instructions.
+
+Both trainings use the instructions ``train/reproduce_icpo.py`` builds (level-1 math from
+another generator seed, none whose text is in the evaluation set) and a 28-minute budget.
+Every step skips what is done (runs resume, an existing export or checkpoint is kept), so the
+script can be stopped and started again. Large outputs go to ``--work``; the small results to
+``results/icpo-online/``: ``leaderboard.csv`` (a row per model and mode), ``summary.md`` /
+``summary.json`` (every figure with a 95% bootstrap interval, paired against the base model,
+and the issue's targets, each met or missed), ``progress.csv`` (ICPO Fig. 1), ``report.html``
+and both training logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "train"))
+
+from reproduce_icpo import (  # noqa: E402
+    BASE,
+    MODES,
+    RECIPE,
+    TRAINED_DIR,
+    publish,
+    rel,
+    run_args,
+    sh,
+    sh_parallel,
+    summarise,
+    training_tasks,
+)
+
+from icpo_eval.compare import Estimate  # noqa: E402
+from icpo_eval.families import get_family  # noqa: E402
+from icpo_eval.tasksets import load_tasks  # noqa: E402
+
+ONLINE_RECIPE = ROOT / "train" / "smollm2-cpu-online.yaml"
+ONLINE_DIR = "checkpoints/smollm2-icpo-online"
+
+#: The training log of conversation rollouts, as a table (means over 10-step windows).
+ONLINE_COLUMNS = {
+    "return": "reward",
+    "non-answer rate, underspecified turns": "icpo/non_answer_under",
+    "over-clarification, fully specified turns (sharded)": "icpo/over_clarification",
+    "over-clarification (full)": "icpo/over_clarification_single",
+    "correct (sharded)": "icpo/correct",
+    "correct (full)": "icpo/correct_single",
+    "turns": "icpo/turns",
+    "non-answers stating a number in words": "icpo/non_answer_number_words",
+    "KL": "kl",
+    "policy tokens": "completions/mean_length",
+    "groups with one return": "frac_reward_zero_std",
+}
+
+
+def targets(estimates: list[Estimate], models: list[str]) -> str:
+    """The issue's targets for each trained model, met or missed, from the paired estimates."""
+
+    def get(model: str, mode: str, figure: str) -> Estimate | None:
+        return next(
+            (
+                e
+                for e in estimates
+                if e.model == model
+                and e.family == "math"
+                and e.mode == mode
+                and e.figure.startswith(figure)
+            ),
+            None,
+        )
+
+    def fmt(e: Estimate | None, diff: bool = False) -> str:
+        if e is None or e.value is None:
+            return "–"
+        if diff:
+            if e.diff is None:
+                return "–"
+            return f"{e.diff:+.1f} [{e.diff_lo:+.1f}, {e.diff_hi:+.1f}]"
+        return f"{e.value:.1f} [{e.lo:.1f}, {e.hi:.1f}]"
+
+    lines = [
+        "| model | target | measured | paired difference from base | met |",
+        "|---|---|---|---|---|",
+    ]
+    for m in models:
+        na = get(m, "sharded", "non-answer rate, underspecified")
+        oc_s = get(m, "sharded", "over-clarification")
+        oc_f = get(m, "full", "over-clarification")
+        p_s = get(m, "sharded", "P")
+        p_f = get(m, "full", "P")
+        base_oc = get(BASE, "sharded", "over-clarification")
+        checks = [
+            (
+                "non-answer rate, underspecified turns ≥ base + 40 points, lower bound included",
+                na,
+                na is not None and na.diff_lo is not None and na.diff_lo >= 40,
+            ),
+            (
+                "over-clarification, fully specified turns of sharded conversations ≤ base"
+                + (f" ({base_oc.value:.1f}%)" if base_oc and base_oc.value is not None else ""),
+                oc_s,
+                oc_s is not None and oc_s.diff is not None and oc_s.diff <= 0,
+            ),
+            (
+                "over-clarification in full mode ≤ 20%",
+                oc_f,
+                oc_f is not None and oc_f.value is not None and oc_f.value <= 20,
+            ),
+            (
+                "P sharded ≥ base",
+                p_s,
+                p_s is not None and p_s.diff is not None and p_s.diff >= 0,
+            ),
+            (
+                "P full within noise of base (interval of the difference contains 0 or above)",
+                p_f,
+                p_f is not None and p_f.diff_hi is not None and p_f.diff_hi >= 0,
+            ),
+        ]
+        for name, e, ok in checks:
+            lines.append(
+                f"| {m} | {name} | {fmt(e)} | {fmt(e, True)} | {'met' if ok else 'missed'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--work", default="work/icpo-online", help="large outputs (not committed)")
+    ap.add_argument("--out", default="results/icpo-online", help="small committed results")
+    ap.add_argument("--eval-limit", type=int, default=100, help="held-out instructions")
+    ap.add_argument("--runs", type=int, default=5, help="sampled runs per instruction")
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--max-new-tokens", type=int, default=192)
+    ap.add_argument("--train-instructions", type=int, default=100)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=32, help="local batch of each evaluation")
+    ap.add_argument("--jobs", type=int, default=2, help="evaluations run at once")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks every step")
+    a = ap.parse_args()
+    suffix = "-quick" if a.quick else ""
+    if a.quick:
+        a.eval_limit, a.runs, a.train_instructions, a.bootstrap = 4, 2, 6, 100
+        a.work, a.out = a.work + suffix, a.out + suffix
+    work, out_dir = ROOT / a.work, ROOT / a.out
+    work.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    offline_dir, online_dir = ROOT / (TRAINED_DIR + suffix), ROOT / (ONLINE_DIR + suffix)
+    offline, online = (f"hf/{d.relative_to(ROOT)}" for d in (offline_dir, online_dir))
+    extra = ["--max-steps", "2"] if a.quick else []
+
+    # Training instructions, held apart from the evaluation set (as reproduce_icpo.py).
+    eval_insts = load_tasks("math", limit=a.eval_limit)
+    eval_texts = {get_family("math").full_prompt(i) for i in eval_insts}
+    train_tasks = training_tasks(work, eval_texts, a.train_instructions)
+    tasks, n = rel(train_tasks), a.train_instructions
+
+    # Offline ICPO: the base model's greedy conversations on them, exported with q*, trained.
+    sh(*run_args(BASE, tasks, "full,sharded", n, 1, work / "base-train", 0.0, a.max_new_tokens))
+    export = work / "export"
+    if not (export / "export.json").exists():
+        sh("export", str(work / "base-train"), "--format", "jsonl", "--augment", "-o", str(export))
+    if not (offline_dir / "icpo_train.json").exists():
+        sh(
+            "train",
+            "--config",
+            str(RECIPE),
+            "--data",
+            str(export),
+            "--output-dir",
+            str(offline_dir),
+            *extra,
+        )
+    # Online ICPO: conversations on the same instructions, played during training.
+    if not (online_dir / "icpo_train.json").exists():
+        sh(
+            "train",
+            "--config",
+            str(ONLINE_RECIPE),
+            "--tasks",
+            tasks,
+            "--output-dir",
+            str(online_dir),
+            *extra,
+        )
+
+    sampling = (a.temperature, a.max_new_tokens, a.batch_size)
+    models = {"base": BASE, "offline": offline, "online": online}
+    runs = {name: work / f"{name}-math" for name in models}
+    sh_parallel(
+        [
+            run_args(model, "math", MODES, a.eval_limit, a.runs, runs[name], *sampling)
+            for name, model in models.items()
+        ],
+        a.jobs,
+    )
+
+    publish(list(runs.values()), out_dir, a.bootstrap)
+    logs = {}
+    for name, d in (("offline", offline_dir), ("online", online_dir)):
+        log = d / "train_log.jsonl"
+        if log.exists():
+            (out_dir / f"train_log_{name}.jsonl").write_text(log.read_text())
+            summary = (d / "icpo_train.json").read_text().replace(f"{ROOT}/", "")
+            (out_dir / f"icpo_train_{name}.json").write_text(summary)
+            logs[name] = log
+    estimates = summarise(
+        list(runs.values()),
+        out_dir,
+        a.bootstrap,
+        logs.get("offline"),
+        more_logs={"online ICPO (conversation rollouts)": (logs.get("online"), ONLINE_COLUMNS)},
+    )
+    text = (out_dir / "summary.md").read_text()
+    (out_dir / "summary.md").write_text(
+        "## Targets (held-out, paired against the base model)\n\n"
+        + targets(estimates, [offline, online])
+        + "\n"
+        + text
+    )
+    print(targets(estimates, [offline, online]))
+    print(json.dumps({"results": rel(out_dir)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
