@@ -16,14 +16,28 @@ the pace and the batch empties as conversations end; a real run has hundreds of 
 waiting. One at a time and static batches are timed on ``--n`` conversations (the rate per turn
 is what is compared; the task set is shuffled across difficulty levels).
 
-Run: ``.venv/bin/python benchmarks/local_batching.py [--n 16] [--n-large 128] [--batch 16]``.
+Also measured: the peak resident memory of the process during each setting (sampled every
+10 ms; the model itself is in every figure) and how full the continuous batch was, per tenth
+of its steps; and a long-prompt case, the actions family (a system prompt of about 1,500
+tokens), whose efficiency is computed the same way against raw ``generate`` on its own
+first-turn prompts:
+
+    long_efficiency = continuous-batching tokens/s (``--n-long`` actions conversations)
+                      ÷ raw generate tokens/s (actions first-turn prompts, batch B)
+    memory_ratio    = peak resident memory, continuous batch of B (large run)
+                      ÷ peak resident memory, raw generate at batch B
+
+Run: ``.venv/bin/python benchmarks/local_batching.py [--n 16] [--n-large 128] [--batch 16]
+[--n-long 16]``; ``--n-long 0`` skips the long-prompt case.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +48,31 @@ from icpo_eval.records import RunSpec  # noqa: E402
 from icpo_eval.runner import run  # noqa: E402
 
 
+class PeakRSS:
+    """The process's peak resident memory (MB) while the ``with`` block runs, sampled."""
+
+    def __enter__(self) -> PeakRSS:
+        self.start = self.peak = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
 class StaticBatches:
     """The local backend without streaming: the runner's rounds over static padded batches."""
 
@@ -42,14 +81,14 @@ class StaticBatches:
         self.generate = backend.generate_static
 
 
-def harness(backend, batch: int, n: int, tokens: int) -> tuple[float, int, int]:  # type: ignore[no-untyped-def]
+def harness(backend, batch: int, n: int, tokens: int, tasks: str = "math"):  # type: ignore[no-untyped-def]
     """Run n sharded conversations; return (seconds, assistant turns, generated tokens)."""
     inner = getattr(backend, "inner", backend)
     inner.batch_size = batch
     with tempfile.TemporaryDirectory() as tmp:
         spec = RunSpec(
             model="local/smollm2",
-            tasks="math",
+            tasks=tasks,
             modes=["sharded"],
             limit=n,
             max_new_tokens=tokens,
@@ -63,19 +102,22 @@ def harness(backend, batch: int, n: int, tokens: int) -> tuple[float, int, int]:
     return wall, len(turns), sum(t.tokens_out or 0 for t in turns)
 
 
-def raw_generate(backend, batch: int, tokens: int, n: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+def raw_generate(backend, batch: int, tokens: int, n: int, tasks: str = "math"):  # type: ignore[no-untyped-def]
+    """Raw ``model.generate`` at ``batch`` on first-turn prompts, every row to the full budget:
+    (seconds, generated tokens)."""
     import torch
 
     from icpo_eval.families import get_family
-    from icpo_eval.prompting import render_prompt
     from icpo_eval.tasksets import load_tasks
 
-    family = get_family("math")
-    system = render_prompt(family.system_prompt_template)
-    insts = load_tasks("math", n)[:batch]
+    family = get_family(tasks)
+    insts = load_tasks(tasks, max(n, batch))[:batch]
     prompts = [
         backend.tokenizer.apply_chat_template(
-            [{"role": "system", "content": system}, {"role": "user", "content": i.shards[0].shard}],
+            [
+                {"role": "system", "content": family.system_prompt(i)},
+                {"role": "user", "content": i.shards[0].shard},
+            ],
             tokenize=False,
             add_generation_prompt=True,
         )
@@ -95,10 +137,20 @@ def raw_generate(backend, batch: int, tokens: int, n: int) -> tuple[float, int]:
     return wall, (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
 
 
+def deciles(values: list[int], batch: int) -> str:
+    """Mean occupancy (live rows ÷ batch) in each tenth of the steps."""
+    if not values:
+        return "-"
+    cuts = [round(i * len(values) / 10) for i in range(11)]
+    parts = [values[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+    return " ".join(f"{sum(p) / len(p) / batch:.2f}" for p in parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=16, help="conversations for the 1-vs-B comparison")
     ap.add_argument("--n-large", type=int, default=128, help="conversations for the large run")
+    ap.add_argument("--n-long", type=int, default=16, help="actions conversations (long prompt)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=48, help="max new tokens per turn")
     args = ap.parse_args()
@@ -109,36 +161,76 @@ def main() -> None:
     harness(backend, args.batch, 2, 8)  # warm-up: first-call overheads out of the timings
     n, b = args.n, args.batch
     rows = []
-    w1, t1, k1 = harness(backend, 1, n, args.tokens)
-    rows.append(("harness, one at a time", n, 1, t1, k1, w1))
-    ws, ts, ks = harness(static, b, n, args.tokens)
-    rows.append(("harness, static batches", n, b, ts, ks, ws))
-    wc, tc, kc = harness(backend, b, n, args.tokens)
-    rows.append(("harness, continuous", n, b, tc, kc, wc))
-    wb, tb, kb = harness(backend, b, args.n_large, args.tokens)
-    rows.append(("harness, continuous", args.n_large, b, tb, kb, wb))
-    wr, kr = raw_generate(backend, b, args.tokens, n)
-    rows.append(("raw generate (reference)", b, b, None, kr, wr))
+
+    def timed(name, convs, bs, fn):  # type: ignore[no-untyped-def]
+        with PeakRSS() as mem:
+            out = fn()
+        wall, turns, toks = out if len(out) == 3 else (out[0], None, out[1])
+        rows.append((name, convs, bs, turns, toks, wall, mem.peak, mem.peak - mem.start))
+        print(f"done: {name}, {convs} convs, {wall:.1f} s", file=sys.stderr, flush=True)
+        return out
+
+    w1, t1, _ = timed("harness, one at a time", n, 1, lambda: harness(backend, 1, n, args.tokens))
+    timed("harness, static batches", n, b, lambda: harness(static, b, n, args.tokens))
+    timed("harness, continuous", n, b, lambda: harness(backend, b, n, args.tokens))
+    wb, tb, kb = timed(
+        "harness, continuous",
+        args.n_large,
+        b,
+        lambda: harness(backend, b, args.n_large, args.tokens),
+    )
+    stats, mem_b = backend.last_stats, rows[-1][6]
+    wr, kr = timed(
+        "raw generate (reference)", b, b, lambda: raw_generate(backend, b, args.tokens, n)
+    )
+    mem_r = rows[-1][6]
+    long_stats = None
+    if args.n_long:
+        wl, _, kl = timed(
+            "actions, continuous",
+            args.n_long,
+            b,
+            lambda: harness(backend, b, args.n_long, args.tokens, "actions"),
+        )
+        long_stats = backend.last_stats
+        wlr, klr = timed(
+            "actions, raw generate",
+            b,
+            b,
+            lambda: raw_generate(backend, b, args.tokens, args.n_long, "actions"),
+        )
 
     print(
-        f"sharded math conversations, greedy, max {args.tokens} new tokens per turn, "
+        f"sharded conversations, greedy, max {args.tokens} new tokens per turn, "
         f"torch threads {__import__('torch').get_num_threads()}"
     )
     print(
         f"{'setting':<26} {'convs':>5} {'batch':>5} {'turns':>6} {'tokens':>7} {'seconds':>8} "
-        f"{'turns/s':>8} {'tokens/s':>9}"
+        f"{'turns/s':>8} {'tokens/s':>9} {'peak MB':>8} {'+MB':>6}"
     )
-    for name, convs, bs, turns, toks, wall in rows:
+    for name, convs, bs, turns, toks, wall, peak, grew in rows:
         tps = "-" if turns is None else f"{turns / wall:.2f}"
         shown = "-" if turns is None else turns
         print(
             f"{name:<26} {convs:>5} {bs:>5} {shown:>6} {toks:>7} {wall:>8.1f} {tps:>8} "
-            f"{toks / wall:>9.1f}"
+            f"{toks / wall:>9.1f} {peak:>8.0f} {grew:>6.0f}"
+        )
+    for label, st in (("math large run", stats), ("actions", long_stats)):
+        if st is None:
+            continue
+        print(
+            f"{label}: {len(st.rows)} steps, {sum(st.tokens) / len(st.tokens):.1f} tokens a step, "
+            f"peak key/value blocks {st.peak_blocks * st.block_bytes / 1e6:.0f} MB, "
+            f"runs moved {st.moves}; occupancy by step decile: {deciles(st.rows, b)}"
         )
     # A sharded conversation is a chain of turns, so with few conversations per slot the
     # longest chain, not the batch, sets the pace: the large run is the batched figure.
     speedup = (tb / wb) / (t1 / w1)
     efficiency = (kb / wb) / (kr / wr)
+    extra = f"memory_ratio={mem_b / mem_r:.2f}"
+    if args.n_long:
+        extra = f"long_efficiency={(kl / wl) / (klr / wlr):.2f} " + extra
+    print(extra)
     print(f"speedup={speedup:.2f} efficiency={efficiency:.2f}")
 
 

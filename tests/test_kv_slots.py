@@ -1,6 +1,6 @@
-"""The continuous batch's key/value store (``SlotLayer``) against plain concatenation.
+"""The continuous batch's key/value store (blocks) and its ragged attention.
 
-Fast: tensors only, no model. The end-to-end check (streamed turns equal static
+Fast: a tiny random Llama, no checkpoint. The end-to-end check (streamed turns equal static
 ``transformers.generate``) is ``test_local_model.py``, which is slow.
 """
 
@@ -11,99 +11,101 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from icpo_eval.models.base import GenParams  # noqa: E402
-from icpo_eval.models.local.kv_store import slot_cache, swap_remove  # noqa: E402
+from icpo_eval.models.local.kv_store import (  # noqa: E402
+    BLOCK,
+    BlockPool,
+    RaggedCache,
+    Segment,
+    StepPlan,
+    ragged_attention_on,
+)
 
 
-class Reference:
-    """What ``DynamicLayer`` would hold: rows concatenated, zero left-padding, plus a mask."""
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    def __init__(self) -> None:
-        self.keys = None
-        self.mask = None  # n × width, True on real columns
-
-    def join(self, keys, real):
-        if self.keys is None:
-            self.keys, self.mask = keys, real
-            return
-        gap = self.keys.shape[2] - keys.shape[2]
-        if gap > 0:
-            keys = torch.nn.functional.pad(keys, (0, 0, gap, 0))
-            real = torch.nn.functional.pad(real, (gap, 0))
-        elif gap < 0:
-            self.keys = torch.nn.functional.pad(self.keys, (0, 0, -gap, 0))
-            self.mask = torch.nn.functional.pad(self.mask, (-gap, 0))
-        self.keys = torch.cat([self.keys, keys])
-        self.mask = torch.cat([self.mask, real])
-
-    def step(self, keys):
-        self.keys = torch.cat([self.keys, keys], dim=2)
-        self.mask = torch.cat([self.mask, torch.ones(len(self.mask), 1, dtype=torch.bool)], 1)
-
-    def keep(self, order, start):
-        self.keys = self.keys[order][:, :, start:]
-        self.mask = self.mask[order][:, start:]
-
-
-def rows(n: int, width: int, rng: random.Random):
-    """n rows of random keys, each with a random number of left-padding columns (zeros)."""
-    keys = torch.randn(n, 2, width, 3)
-    real = torch.ones(n, width, dtype=torch.bool)
-    for i in range(n):
-        pad = rng.randrange(width)
-        keys[i, :, :pad] = 0
-        real[i, :pad] = False
-    return keys, real
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_slot_layer_matches_concatenation_on_real_columns(seed):
-    rng = random.Random(seed)
-    slots = 6
-    # room 64 (the minimum): several windows outgrow their buffer and move during the run
-    layer = _slot_cache_layer(slots, max_new_tokens=8)
-    ref = Reference()
-    moved = 0
-    for _ in range(200):
-        n = 0 if ref.keys is None else len(ref.keys)
-        op = rng.random()
-        if n < slots and (n == 0 or op < 0.2):
-            keys, real = rows(rng.randint(1, slots - n), rng.randint(1, 40), rng)
-            layer.join(keys, keys * 2)
-            ref.join(keys, real)
-        elif op < 0.35:
-            done = set(rng.sample(range(n), rng.randint(1, n)))
-            if len(done) == n:
-                continue
-            order = swap_remove(n, done)
-            assert sorted(order) == sorted(set(range(n)) - done)
-            start = int(ref.mask[order].any(dim=0).nonzero()[0])
-            layer.keep(order, start)
-            ref.keep(order, start)
-        else:
-            buffer = layer.kbuf
-            new = torch.randn(n, 2, 1, 3)
-            k, _ = layer.update(new, new * 2)
-            ref.step(new)
-            moved += layer.kbuf is not buffer
-            assert k.shape == ref.keys.shape
-        real = ref.mask[:, None, :, None]
-        assert layer.keys.shape == ref.keys.shape
-        assert torch.equal(torch.where(real, layer.keys, 0), ref.keys)
-        assert torch.equal(torch.where(real, layer.values, 0), ref.keys * 2)
-        assert torch.isfinite(layer.keys).all()  # masked columns: zeros or stale, never garbage
-    assert moved >= 1
-
-
-def _slot_cache_layer(slots: int, max_new_tokens: int):
-    from transformers import LlamaConfig
-
+    torch.manual_seed(0)
     config = LlamaConfig(
-        num_hidden_layers=1,
-        hidden_size=8,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=8,
-        vocab_size=16,
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention, as in SmolLM2
+        intermediate_size=64,
+        vocab_size=97,
+        attn_implementation="sdpa",
     )
-    return slot_cache(config, slots, GenParams(max_new_tokens=max_new_tokens)).layers[0]
+    return LlamaForCausalLM(config).eval()
+
+
+def test_pool_takes_gives_back_grows_and_moves():
+    model = tiny_llama()
+    pool = BlockPool(model.config, torch.float32, "cpu")
+    a = pool.take(3 * BLOCK)
+    b = pool.take(1)
+    assert (a.arena, a.first, a.blocks) == (0, 0, 3) and (b.first, b.blocks) == (3, 1)
+    assert pool.held == 4
+    pool.arenas[0][:, :, :, a.start : a.start + 2 * BLOCK] = 7.0
+    # b sits right after a: growing a must move it, keeping the first tokens
+    moved = pool.extend(a, 5 * BLOCK, keep=2 * BLOCK)
+    assert moved.first == 4 and moved.blocks == 5 and pool.held == 6
+    assert (pool.arenas[0][:, :, :, moved.start : moved.start + 2 * BLOCK] == 7.0).all()
+    pool.give(b)
+    # the blocks after b's are free now: a run there grows in place
+    c = pool.take(BLOCK)
+    assert c.first == 0
+    grown = pool.extend(c, 3 * BLOCK, keep=BLOCK)
+    assert (grown.first, grown.blocks) == (0, 3)
+    assert pool.extend(grown, 2 * BLOCK, keep=0) is grown  # big enough already
+    # a run larger than an arena gets an arena of its own
+    big = pool.take(300 * BLOCK)
+    assert big.arena == 1 and big.blocks == 300 and len(pool.arenas) == 2
+    for run in (moved, grown, big):
+        pool.give(run)
+    assert pool.held == 0 and pool.peak == 5 + 3 + 300
+    assert pool.take(BLOCK).first == 0  # given-back blocks are taken again first
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ragged_steps_match_one_plain_forward_per_row(seed):
+    """Rows packed into ragged steps (prompts in chunks, then decoding, rows joining later)
+    give each row the logits of a plain forward pass over that row alone."""
+    rng = random.Random(seed)
+    model = tiny_llama()
+    pool = BlockPool(model.config, torch.float32, "cpu")
+    cache = RaggedCache(pool)
+    seqs = [[rng.randrange(97) for _ in range(rng.randint(2, 40))] for _ in range(5)]
+    with torch.no_grad():
+        ref = [model(input_ids=torch.tensor([s])).logits[0] for s in seqs]
+    runs = [pool.take(len(s)) for s in seqs]
+    filled = [0] * len(seqs)
+    got = [[None] * len(s) for s in seqs]
+    step = 0
+    with torch.no_grad(), ragged_attention_on(model):
+        while any(f < len(s) for f, s in zip(filled, seqs)):
+            segments, ids, pos, offset, fed = [], [], [], 0, []
+            for i, s in enumerate(seqs):
+                if filled[i] == len(s) or i > step:  # row i joins at step i
+                    continue
+                n = min(len(s) - filled[i], rng.randint(1, 9))
+                segments.append(Segment(runs[i], filled[i], n, offset))
+                ids += s[filled[i] : filled[i] + n]
+                pos += range(filled[i], filled[i] + n)
+                fed.append((i, offset, n))
+                offset += n
+            step += 1
+            if not segments:
+                continue
+            cache.plan = StepPlan(pool, segments, groups=2)
+            logits = model(
+                input_ids=torch.tensor([ids]),
+                position_ids=torch.tensor([pos]),
+                cache=cache,
+                ragged_plan=cache.plan,
+            ).logits[0]
+            for i, off, n in fed:
+                for j in range(n):
+                    got[i][filled[i] + j] = logits[off + j]
+                filled[i] += n
+    assert model.config._attn_implementation == "sdpa"  # switched back
+    for r, g in zip(ref, got):
+        assert torch.allclose(torch.stack(g), r, atol=1e-5)

@@ -225,3 +225,12 @@ def test_continuous_batching_and_prefix_cache_change_nothing(backend, tmp_path):
     streamed = turns(backend, "stream")
     assert streamed == turns(Static(), "static")
     assert max(len(v) for v in streamed.values()) >= 4  # some went on for several turns
+    # Prompts cut into chunks of at most 5 tokens a step (decoding rows included): every
+    # prompt is prefilled over several steps while the other rows decode, the same turns.
+    chunk, backend.prefill_chunk = backend.prefill_chunk, 5
+    try:
+        assert turns(backend, "chunked") == streamed
+        stats = backend.last_stats
+        assert max(stats.tokens) <= 5 and max(stats.rows) == 3
+    finally:
+        backend.prefill_chunk = chunk

@@ -1,10 +1,12 @@
 """The local transformers backend: a causal LM answering chats, with per-request seeds.
 
-:meth:`LocalBackend.stream` is continuous batching with prefix caching (:mod:`.batch`) over
-preallocated key/value slots (:mod:`.kv_store`); sampling is seeded per request
-(:mod:`.sampling`), so a reply does not depend on the batch it shared. When the model's cache
-is not a plain per-layer key/value cache (sliding windows, recurrent state), the backend falls
-back to static padded batches through ``transformers.generate``.
+:meth:`LocalBackend.stream` is continuous batching with chunked prefill and prefix caching
+(:mod:`.batch`): one forward pass per step over every live row's new tokens, packed, with
+attention over each row's own keys in a store of fixed-size blocks (:mod:`.kv_store`);
+sampling is seeded per request (:mod:`.sampling`), so a reply does not depend on the batch it
+shared. When the model's cache is not a plain per-layer key/value cache (sliding windows,
+recurrent state) or its attention does not go through transformers' ``AttentionInterface``,
+the backend falls back to static padded batches through ``transformers.generate``.
 
 This module imports torch and transformers only inside its methods, after checking that they
 are installed, so that a missing install is one line naming the command that fixes it.
@@ -24,7 +26,7 @@ from icpo_eval.models.local.checkpoint import LOCAL_INSTALL, require
 
 
 class LocalBackend:
-    """A transformers causal LM answering chats in left-padded batches."""
+    """A transformers causal LM answering chats (continuous batching, see the module doc)."""
 
     def __init__(self, name: str, path: str | Path, batch_size: int = 16):
         for mod in ("torch", "transformers"):
@@ -60,6 +62,11 @@ class LocalBackend:
         self.name = name
         self.batch_size = batch_size
         self.device = device
+        # Most tokens one continuous-batching step feeds (decoding rows first, then chunks of
+        # joining prompts): on a CPU a step's time grows with its tokens, so a long prompt is
+        # cut up rather than stalling the decoding rows; a GPU takes far more per step.
+        self.prefill_chunk = 2048 if str(device).startswith("cuda") else 256
+        self.last_stats: Any = None  # the last stream session's Stats (benchmarks read it)
         self.tokenizer = tokenizer
         self.model = model
         if not getattr(self.tokenizer, "chat_template", None):
@@ -128,7 +135,9 @@ class LocalBackend:
             return
         from icpo_eval.models.local.batch import ContinuousBatch
 
-        ContinuousBatch(self, params, on_result).run(requests)
+        session = ContinuousBatch(self, params, on_result)
+        self.last_stats = session.stats
+        session.run(requests)
 
     def encode(self, messages: Messages) -> list[int]:
         text = self.tokenizer.apply_chat_template(
