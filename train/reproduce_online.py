@@ -155,8 +155,17 @@ def main() -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=32, help="local batch of each evaluation")
     ap.add_argument("--jobs", type=int, default=2, help="evaluations run at once")
+    ap.add_argument(
+        "--models",
+        default="base,offline,online",
+        help="which of base, offline, online to train and evaluate (base is always evaluated: "
+        "every difference is paired against it)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks every step")
     a = ap.parse_args()
+    wanted = {m.strip() for m in a.models.split(",") if m.strip()} | {"base"}
+    if wanted - {"base", "offline", "online"}:
+        ap.error(f"--models: unknown {sorted(wanted - {'base', 'offline', 'online'})}")
     suffix = "-quick" if a.quick else ""
     if a.quick:
         a.eval_limit, a.runs, a.train_instructions, a.bootstrap = 4, 2, 6, 100
@@ -175,11 +184,11 @@ def main() -> int:
     tasks, n = rel(train_tasks), a.train_instructions
 
     # Offline ICPO: the base model's greedy conversations on them, exported with q*, trained.
-    sh(*run_args(BASE, tasks, "full,sharded", n, 1, work / "base-train", 0.0, a.max_new_tokens))
     export = work / "export"
-    if not (export / "export.json").exists():
+    if "offline" in wanted and not (export / "export.json").exists():
+        sh(*run_args(BASE, tasks, "full,sharded", n, 1, work / "base-train", 0.0, a.max_new_tokens))
         sh("export", str(work / "base-train"), "--format", "jsonl", "--augment", "-o", str(export))
-    if not (offline_dir / "icpo_train.json").exists():
+    if "offline" in wanted and not (offline_dir / "icpo_train.json").exists():
         sh(
             "train",
             "--config",
@@ -191,7 +200,7 @@ def main() -> int:
             *extra,
         )
     # Online ICPO: conversations on the same instructions, played during training.
-    if not (online_dir / "icpo_train.json").exists():
+    if "online" in wanted and not (online_dir / "icpo_train.json").exists():
         sh(
             "train",
             "--config",
@@ -204,7 +213,11 @@ def main() -> int:
         )
 
     sampling = (a.temperature, a.max_new_tokens, a.batch_size)
-    models = {"base": BASE, "offline": offline, "online": online}
+    models = {
+        name: model
+        for name, model in (("base", BASE), ("offline", offline), ("online", online))
+        if name in wanted
+    }
     runs = {name: work / f"{name}-math" for name in models}
     sh_parallel(
         [
@@ -218,7 +231,7 @@ def main() -> int:
     logs = {}
     for name, d in (("offline", offline_dir), ("online", online_dir)):
         log = d / "train_log.jsonl"
-        if log.exists():
+        if name in wanted and log.exists():
             (out_dir / f"train_log_{name}.jsonl").write_text(log.read_text())
             summary = (d / "icpo_train.json").read_text().replace(f"{ROOT}/", "")
             (out_dir / f"icpo_train_{name}.json").write_text(summary)
@@ -230,14 +243,13 @@ def main() -> int:
         logs.get("offline"),
         more_logs={"online ICPO (conversation rollouts)": (logs.get("online"), ONLINE_COLUMNS)},
     )
+    trained = [models[name] for name in ("offline", "online") if name in models]
+    table = targets(estimates, trained)
     text = (out_dir / "summary.md").read_text()
     (out_dir / "summary.md").write_text(
-        "## Targets (held-out, paired against the base model)\n\n"
-        + targets(estimates, [offline, online])
-        + "\n"
-        + text
+        "## Targets (held-out, paired against the base model)\n\n" + table + "\n" + text
     )
-    print(targets(estimates, [offline, online]))
+    print(table)
     print(json.dumps({"results": rel(out_dir)}))
     return 0
 
