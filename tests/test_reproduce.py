@@ -103,3 +103,14 @@ def test_the_online_experiment_states_each_target_met_or_missed():
     estimates[1] = est(m, "sharded", "non-answer rate, underspecified turns (%)", 60, 41, 39, 43)
     rows = [r for r in module.targets(estimates, [m]).splitlines() if r.startswith(f"| {m}")]
     assert rows[0].rstrip(" |").endswith("missed")  # the point is met, the lower bound not
+
+
+def test_the_online_experiment_refuses_an_unknown_model(monkeypatch, capsys):
+    path = ROOT / "train" / "reproduce_online.py"
+    spec = importlib.util.spec_from_file_location("reproduce_online", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr("sys.argv", ["reproduce_online.py", "--models", "online,offlin"])
+    with pytest.raises(SystemExit) as exc:
+        module.main()
+    assert exc.value.code == 2 and "unknown ['offlin']" in capsys.readouterr().err
