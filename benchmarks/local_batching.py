@@ -221,7 +221,8 @@ def main() -> None:
         print(
             f"{label}: {len(st.rows)} steps, {sum(st.tokens) / len(st.tokens):.1f} tokens a step, "
             f"peak key/value blocks {st.peak_blocks * st.block_bytes / 1e6:.0f} MB, "
-            f"runs moved {st.moves}; occupancy by step decile: {deciles(st.rows, b)}"
+            f"runs moved {st.moves}, prompt tokens from shared prefixes {st.shared_tokens}; "
+            f"occupancy by step decile: {deciles(st.rows, b)}"
         )
     # A sharded conversation is a chain of turns, so with few conversations per slot the
     # longest chain, not the batch, sets the pace: the large run is the batched figure.

@@ -1,4 +1,5 @@
-"""The continuous batch's key/value store (blocks) and its ragged attention.
+"""The continuous batch's key/value store (blocks), its ragged attention, and prompt prefixes
+shared across conversations.
 
 Fast: a tiny random Llama, no checkpoint. The end-to-end check (streamed turns equal static
 ``transformers.generate``) is ``test_local_model.py``, which is slow.
@@ -109,3 +110,147 @@ def test_ragged_steps_match_one_plain_forward_per_row(seed):
     assert model.config._attn_implementation == "sdpa"  # switched back
     for r, g in zip(ref, got):
         assert torch.allclose(torch.stack(g), r, atol=1e-5)
+
+
+class TinyBackend:
+    """What :class:`ContinuousBatch` needs of a LocalBackend, over the tiny Llama: a request's
+    "messages" are its prompt's token ids."""
+
+    name = "tiny"
+
+    def __init__(self, batch_size: int = 4, prefill_chunk: int = 256) -> None:
+        self.model = tiny_llama()
+        self.device = "cpu"
+        self.batch_size = batch_size
+        self.prefill_chunk = prefill_chunk
+        self.cache_arg = "cache"
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = [eos] if isinstance(eos, int) else list(eos or [])
+
+    def encode(self, messages):
+        return list(messages)
+
+    def to_generation(self, tokens, tokens_in, latency):
+        from icpo_eval.models.base import Generation
+
+        return Generation(text="", tokens_in=tokens_in, tokens_out=len(tokens), ids=list(tokens))
+
+
+def stream(backend, prompts, max_new_tokens=6, session_hook=None):
+    """Greedy replies (token ids) to ``prompts`` through one continuous-batching session."""
+    from icpo_eval.models.base import GenParams
+    from icpo_eval.models.local.batch import ContinuousBatch
+
+    out = {}
+    session = ContinuousBatch(
+        backend, GenParams(max_new_tokens=max_new_tokens), lambda k, g: out.__setitem__(k, g.ids)
+    )
+    if session_hook is not None:
+        session_hook(session)
+    session.run([(i, p, 0) for i, p in enumerate(prompts)])
+    return [out[i] for i in range(len(prompts))], session
+
+
+def generate(backend, prompt, max_new_tokens=6):
+    with torch.no_grad():
+        out = backend.model.generate(
+            torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+def prompts_sharing(prefix_len, tails, seed=0):
+    """Prompts starting with the same ``prefix_len`` tokens (a family's system prompt), then
+    tails of the given lengths that differ from their first token."""
+    rng = random.Random(seed)
+    system = [rng.randrange(3, 97) for _ in range(prefix_len)]
+    return [
+        system + [3 + i] + [rng.randrange(3, 97) for _ in range(n - 1)] for i, n in enumerate(tails)
+    ]
+
+
+def nan_arenas(monkeypatch):
+    """Arenas full of NaN: a row reading keys/values that were never written gets NaN logits."""
+    real = BlockPool._new_arena
+
+    def new_arena(self, blocks):
+        real(self, blocks)
+        self.arenas[-1].fill_(float("nan"))
+
+    monkeypatch.setattr(BlockPool, "_new_arena", new_arena)
+
+
+def test_new_conversations_share_the_system_prompt_and_reply_as_generate(monkeypatch):
+    """The second conversation with the same system prompt waits for the first to write it,
+    gets it copied into its run and feeds only its own tail; a third one sharing 38 of its
+    tokens gets those; replies equal generate's."""
+    from icpo_eval.models.local.batch import MIN_SHARED
+
+    nan_arenas(monkeypatch)
+    backend = TinyBackend(batch_size=3)
+    prompts = prompts_sharing(40, [5, 7])
+    prompts.append(prompts[0][:38] + [1, 5, 6, 7])  # 1 is no token of prompts_sharing's
+    got, session = stream(backend, prompts)
+    assert got == [generate(backend, p) for p in prompts]
+    stats = session.stats
+    assert 38 >= MIN_SHARED and stats.shared_tokens == 40 + 38
+    # step 1: only the first prompt (the others wait for its prefix); step 2: the first
+    # row's sampled token and the others' tails alone
+    assert stats.tokens[:2] == [45, 1 + 7 + 4]
+    assert [len(p.ids) for p in session.prefixes] == [40] and session.prefixes[0].kv is not None
+
+
+def test_a_prefix_is_copied_only_once_written(monkeypatch):
+    """Rows admitted in the same step as the row computing their prefix, which takes several
+    steps (chunks of 9 tokens): they feed nothing until it is written, then reply as generate
+    (reading an unwritten position would give NaN, so other tokens). A prompt sharing less
+    than ``MIN_SHARED`` tokens gets nothing."""
+    nan_arenas(monkeypatch)
+    backend = TinyBackend(batch_size=4, prefill_chunk=9)
+    prompts = prompts_sharing(40, [3, 4, 6])
+    prompts.append(prompts[0][:20] + [7, 8, 9])  # 20 tokens in common only
+    waited = []  # rows seen waiting for a prefix at the start of a step
+
+    def hook(session):
+        real = session._step
+
+        def step():
+            for row in session.rows:
+                if row.wait is not None:
+                    assert row.filled == 0 and row.wait.holder.filled < len(row.wait.ids)
+                    waited.append(row.key)
+            real()
+
+        session._step = step
+
+    got, session = stream(backend, prompts, session_hook=hook)
+    assert got == [generate(backend, p) for p in prompts]
+    assert set(waited) == {1, 2}  # they did wait
+    assert session.stats.shared_tokens == 2 * 40
+    assert max(session.stats.tokens) <= 9
+
+
+def test_the_prefix_store_keeps_the_most_recently_used(monkeypatch):
+    """Six families one after the other (two rows at a time): each family's second
+    conversation is served its system prompt, and only the last ``MAX_PREFIXES`` are kept."""
+    from icpo_eval.models.local.batch import MAX_PREFIXES
+
+    backend = TinyBackend(batch_size=2)
+    families = [prompts_sharing(33 + f, [4, 5], seed=f + 1) for f in range(6)]
+    prompts = [p for fam in families for p in fam]
+    sizes = []
+
+    def hook(session):
+        real = session._step
+
+        def step():
+            real()
+            sizes.append(sum(p.kv is not None for p in session.prefixes))
+
+        session._step = step
+
+    got, session = stream(backend, prompts, max_new_tokens=3, session_hook=hook)
+    assert got == [generate(backend, p, 3) for p in prompts]
+    assert MAX_PREFIXES == 4 and max(sizes) == MAX_PREFIXES
+    assert [len(p.ids) for p in session.prefixes] == [33 + f for f in range(2, 6)]
+    assert session.stats.shared_tokens == sum(33 + f for f in range(6))

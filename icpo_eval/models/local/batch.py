@@ -10,10 +10,19 @@ the next waiting one joins at the next step.
 
 Prefix caching: when a conversation's next turn arrives, the blocks of its previous turn are
 kept and reused for the longest common token prefix, so only the new user message (and the
-chat template around it) is fed. A follow-up returned by ``on_result`` goes to the front of the
-queue; the first requests are admitted longest chain first (a request key's ``max_turns``,
-when it has one: the runner's conversation state does), so that the long chains do not end
-the run alone.
+chat template around it) is fed. Across conversations, new ones share the prompt prefix they
+have in common (a family's system prompt, the same for all its conversations): when a first
+turn starts with at least :data:`MIN_SHARED` tokens in common with the previous first turn,
+that prefix's keys/values are copied out of the row that computes it, once its step has written
+them, into a small store (:data:`MAX_PREFIXES` entries, least recently used dropped first).
+A later first turn whose prompt starts with at least :data:`MIN_SHARED` tokens of a stored
+prefix gets their keys/values copied into its run (a tensor copy instead of a forward pass over
+them) and feeds only the rest. One that needs a prefix still being computed waits for it,
+feeding nothing, rather than computing it again: it never reads keys not written yet.
+
+A follow-up returned by ``on_result`` goes to the front of the queue; the first requests are
+admitted longest chain first (a request key's ``max_turns``, when it has one: the runner's
+conversation state does), so that the long chains do not end the run alone.
 
 Needs torch and transformers: imported by the backend only once they are known to be installed.
 """
@@ -45,8 +54,13 @@ if TYPE_CHECKING:
 
 Request = tuple[Any, Messages, int]
 
+MIN_SHARED = 32  # fewest tokens a prompt prefix shared across conversations is stored for
+# Most shared prefixes kept (each layers × 2 × kv-heads × its tokens × head-dim: SmolLM2-135M
+# in fp32 holds 46 KB a token, so a 200-token system prompt is about 9 MB).
+MAX_PREFIXES = 4
 
-@dataclass
+
+@dataclass(eq=False)  # rows are compared by identity (is this row still live?)
 class Row:
     """A live request: its prompt, its blocks, what it feeds next and its reply so far."""
 
@@ -58,6 +72,19 @@ class Row:
     started: float
     generator: Any
     tokens: list[int] = field(default_factory=list)
+    wait: Prefix | None = None  # a shared prefix still being computed: feeds nothing until then
+
+
+@dataclass(eq=False)
+class Prefix:
+    """A prompt prefix shared across conversations: computed by ``holder`` until its keys and
+    values are copied out into ``kv`` (layers × 2 × kv-heads × tokens × head-dim, as an arena)."""
+
+    ids: list[int]
+    holder: Row | None  # the live row that writes it; None once ``kv`` holds it
+    kv: Any = None
+    # Rows to copy it into once it is in, each with how many of its tokens it shares.
+    waiting: list[tuple[Row, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -77,6 +104,7 @@ class Stats:
     peak_blocks: int = 0
     block_bytes: int = 0
     moves: int = 0  # runs moved to grow past a neighbour
+    shared_tokens: int = 0  # prompt tokens copied from the shared-prefix store, not fed
 
 
 class ContinuousBatch:
@@ -94,6 +122,8 @@ class ContinuousBatch:
         self.groups = text.num_attention_heads // self.pool.kv_heads
         self.rows: list[Row] = []
         self.saved: dict[Any, Saved] = {}
+        self.prefixes: list[Prefix] = []  # shared prefixes, least recently used first
+        self.last_first: Row | None = None  # the last first turn admitted
         self.stats = Stats(block_bytes=self.pool.bytes_per_block())
 
     def run(self, requests: list[Request]) -> None:
@@ -109,7 +139,8 @@ class ContinuousBatch:
 
     def _admit(self, queue: deque[Request]) -> None:
         """Join waiting requests while there are free rows; a conversation's next turn keeps
-        its previous turn's blocks for the common prefix and feeds only the rest."""
+        its previous turn's blocks for the common prefix and feeds only the rest, a first turn
+        takes a shared prompt prefix (:meth:`_share_prefix`)."""
         while queue and len(self.rows) < self.b.batch_size:
             key, msgs, seed = queue.popleft()
             ids = self.b.encode(msgs)
@@ -117,16 +148,87 @@ class ContinuousBatch:
             saved = self.saved.pop(key, None)
             n = 0
             if saved is not None:
-                # The longest common prefix (commonprefix works on any sequences), leaving at
-                # least one token to feed: the step that feeds it gives the first logits.
-                n = min(len(os.path.commonprefix([saved.ids, ids])), len(ids) - 1)
+                n = self._common(saved.ids, ids)  # the longest common prefix
                 before = saved.run
                 run = self.pool.extend(before, room, keep=n)
                 self.stats.moves += run.arena != before.arena or run.first != before.first
             else:
                 run = self.pool.take(room)
             gen = seeded(seed, self.b.device) if self.params.temperature > 0 else None
-            self.rows.append(Row(key, ids, run, n, ids[n:], time.perf_counter(), gen))
+            row = Row(key, ids, run, n, ids[n:], time.perf_counter(), gen)
+            self.rows.append(row)
+            if saved is None:
+                self._share_prefix(row)
+
+    def _share_prefix(self, row: Row) -> None:
+        """A first turn: remember the prefix it has in common with the previous first turn
+        when that is :data:`MIN_SHARED` tokens more than a known prefix gives it, then take
+        the known prefix sharing the most with it: copied in now when stored, else waited for
+        (it shares at least :data:`MIN_SHARED` tokens)."""
+        prev, self.last_first = self.last_first, row
+        if prev is not None:
+            n = self._common(prev.ids, row.ids)
+            if n >= self._best_prefix(row)[1] + MIN_SHARED:
+                # The previous row computes it if it is still live (it may have already).
+                holder = prev if any(r is prev for r in self.rows) else row
+                self.prefixes.append(Prefix(row.ids[:n], holder))
+                self._store_written()
+        best, n = self._best_prefix(row)
+        if best is None:
+            return
+        if best.kv is not None:
+            self._copy_in(row, best, n)
+        else:
+            row.wait = best
+            best.waiting.append((row, n))
+
+    def _best_prefix(self, row: Row) -> tuple[Prefix | None, int]:
+        """The known prefix (not one ``row`` computes itself) sharing the most tokens with
+        ``row``'s prompt, and how many: (None, 0) when none shares :data:`MIN_SHARED`."""
+        shares = [
+            (self._common(p.ids, row.ids), p.kv is not None, p)
+            for p in self.prefixes
+            if p.holder is not row
+        ]
+        # The most tokens, a stored prefix before one still being computed.
+        n, _, best = max(shares, key=lambda s: s[:2], default=(0, False, None))
+        return (best, n) if n >= MIN_SHARED else (None, 0)
+
+    @staticmethod
+    def _common(known: list[int], ids: list[int]) -> int:
+        """Tokens of ``ids`` that ``known`` starts with too, leaving at least one to feed: the
+        step that feeds it gives the first logits (commonprefix works on any sequences)."""
+        return min(len(os.path.commonprefix([known, ids])), len(ids) - 1)
+
+    def _store_written(self) -> None:
+        """Copy out every pending prefix whose holder has written its keys/values (``filled``
+        counts only written positions), hand it to the rows waiting for it, and drop the
+        least recently used stored prefixes past :data:`MAX_PREFIXES`."""
+        for p in list(self.prefixes):
+            holder = p.holder
+            if holder is None or holder.filled < len(p.ids):
+                continue
+            p.kv = self.pool.copy_out(holder.run, len(p.ids))
+            p.holder = None
+            self._touch(p)
+            for waiting, n in p.waiting:
+                self._copy_in(waiting, p, n)
+            p.waiting = []
+        stored = [p for p in self.prefixes if p.kv is not None]
+        for p in stored[: max(0, len(stored) - MAX_PREFIXES)]:
+            self.prefixes.remove(p)
+
+    def _copy_in(self, row: Row, prefix: Prefix, n: int) -> None:
+        """Write a stored prefix's first ``n`` keys/values at the start of ``row``'s run: it
+        feeds the rest of its prompt."""
+        self.pool.copy_in(row.run, prefix.kv[:, :, :, :n])
+        row.filled, row.feed, row.wait = n, row.ids[n:], None
+        self.stats.shared_tokens += n
+        self._touch(prefix)
+
+    def _touch(self, prefix: Prefix) -> None:
+        self.prefixes.remove(prefix)
+        self.prefixes.append(prefix)
 
     def _step(self) -> None:
         """One forward pass over every live row's next tokens (see the module doc)."""
@@ -134,7 +236,7 @@ class ContinuousBatch:
         budget = self.chunk - len(decoding)
         plan: list[tuple[Row, int]] = [(r, 1) for r in decoding]
         for row in self.rows:
-            if not row.tokens and budget > 0:
+            if not row.tokens and row.wait is None and budget > 0:
                 n = min(len(row.feed), budget)
                 plan.append((row, n))
                 budget -= n
@@ -168,6 +270,8 @@ class ContinuousBatch:
             row.feed = [tok]
         self.stats.rows.append(len(self.rows))
         self.stats.tokens.append(offset)
+        if self.prefixes:
+            self._store_written()
 
     def _done(self, row: Row) -> bool:
         if not row.tokens:

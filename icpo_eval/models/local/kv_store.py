@@ -6,8 +6,10 @@ layers × 2 (keys, values) × kv-heads × tokens × head-dim, cut along the toke
 its reply (:meth:`BlockPool.take`) and gives it back when it ends (:meth:`BlockPool.give`);
 a finished turn keeps its run for the conversation's next turn, which reuses the common prefix
 in place and only writes the new tokens (:meth:`BlockPool.extend` moves it when it has to
-grow past a neighbour). A run is consecutive so that a row's keys are one view of the arena:
-attention reads them where they lie, with no gather. On the CPU arenas are ``torch.empty``:
+grow past a neighbour); a prompt prefix that other conversations share is copied out of a run
+and into theirs (:meth:`BlockPool.copy_out`, :meth:`BlockPool.copy_in`). A run is consecutive
+so that a row's keys are one view of the arena: attention reads them where they lie, with no
+gather. On the CPU arenas are ``torch.empty``:
 the operating system commits a page when it is first written, so resident memory follows the
 blocks rows have actually filled, not the arenas' size.
 
@@ -108,6 +110,15 @@ class BlockPool:
         dst[:, :, :, moved.start : moved.start + keep] = src[:, :, :, run.start : run.start + keep]
         self.give(run)
         return moved
+
+    def copy_out(self, run: Run, tokens: int) -> Any:
+        """A copy of a run's first ``tokens`` keys/values, every layer's (layers × 2 ×
+        kv_heads × tokens × head_dim): a prompt prefix shared with other rows."""
+        return self.arenas[run.arena][:, :, :, run.start : run.start + tokens].clone()
+
+    def copy_in(self, run: Run, kv: Any) -> None:
+        """Write keys/values from :meth:`copy_out` at the start of a run."""
+        self.arenas[run.arena][:, :, :, run.start : run.start + kv.shape[3]] = kv
 
     def kv(self, arena: int, layer: int) -> tuple[Any, Any]:
         """One layer's keys and values in an arena (kv_heads × tokens × head_dim each)."""
