@@ -164,8 +164,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks every step")
     a = ap.parse_args()
     wanted = {m.strip() for m in a.models.split(",") if m.strip()} | {"base"}
-    if wanted - {"base", "offline", "online"}:
-        ap.error(f"--models: unknown {sorted(wanted - {'base', 'offline', 'online'})}")
+    unknown = wanted - {"base", "offline", "online"}
+    if unknown:
+        ap.error(f"--models: unknown {sorted(unknown)}")
     suffix = "-quick" if a.quick else ""
     if a.quick:
         a.eval_limit, a.runs, a.train_instructions, a.bootstrap = 4, 2, 6, 100
