@@ -54,7 +54,6 @@ from icpo_eval.families import get_family  # noqa: E402
 from icpo_eval.tasksets import load_tasks  # noqa: E402
 
 ONLINE_RECIPE = ROOT / "train" / "smollm2-cpu-online.yaml"
-ONLINE_DIR = "checkpoints/smollm2-icpo-online"
 
 #: The training log of conversation rollouts, as a table (means over 10-step windows).
 ONLINE_COLUMNS = {
@@ -70,6 +69,17 @@ ONLINE_COLUMNS = {
     "policy tokens": "completions/mean_length",
     "groups with one return": "frac_reward_zero_std",
 }
+
+
+def online_output_dir(recipe: Path) -> str | None:
+    """The ``output_dir`` an online recipe names (None when the file is missing or names none)."""
+    import yaml
+
+    try:
+        value = (yaml.safe_load(recipe.read_text()) or {}).get("output_dir")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return str(value) if value else None
 
 
 def targets(estimates: list[Estimate], models: list[str]) -> str:
@@ -161,12 +171,22 @@ def main() -> int:
         help="which of base, offline, online to train and evaluate (base is always evaluated: "
         "every difference is paired against it)",
     )
+    ap.add_argument(
+        "--online-recipe",
+        default=str(ONLINE_RECIPE.relative_to(ROOT)),
+        help="the online ICPO recipe; its output_dir is the online model (its name must "
+        "contain 'online'), e.g. train/smollm2-cpu-online-lr8e-5.yaml",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks every step")
     a = ap.parse_args()
     wanted = {m.strip() for m in a.models.split(",") if m.strip()} | {"base"}
     unknown = wanted - {"base", "offline", "online"}
     if unknown:
         ap.error(f"--models: unknown {sorted(unknown)}")
+    online_recipe = (ROOT / a.online_recipe).resolve()
+    online_name = online_output_dir(online_recipe)
+    if online_name is None or "online" not in Path(online_name).name:
+        ap.error(f"--online-recipe: {a.online_recipe}: output_dir must name an 'online' model")
     suffix = "-quick" if a.quick else ""
     if a.quick:
         a.eval_limit, a.runs, a.train_instructions, a.bootstrap = 4, 2, 6, 100
@@ -174,7 +194,7 @@ def main() -> int:
     work, out_dir = ROOT / a.work, ROOT / a.out
     work.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    offline_dir, online_dir = ROOT / (TRAINED_DIR + suffix), ROOT / (ONLINE_DIR + suffix)
+    offline_dir, online_dir = ROOT / (TRAINED_DIR + suffix), ROOT / (online_name + suffix)
     offline, online = (f"hf/{d.relative_to(ROOT)}" for d in (offline_dir, online_dir))
     extra = ["--max-steps", "2"] if a.quick else []
 
@@ -205,7 +225,7 @@ def main() -> int:
         sh(
             "train",
             "--config",
-            str(ONLINE_RECIPE),
+            str(online_recipe),
             "--tasks",
             tasks,
             "--output-dir",
@@ -219,7 +239,10 @@ def main() -> int:
         for name, model in (("base", BASE), ("offline", offline), ("online", online))
         if name in wanted
     }
-    runs = {name: work / f"{name}-math" for name in models}
+    # The online run is named after its checkpoint ("online", "online-lr8e-5"), so that a
+    # variant never resumes another recipe's conversations.
+    online_run = Path(online_name).name.replace("smollm2-icpo-", "")
+    runs = {name: work / f"{online_run if name == 'online' else name}-math" for name in models}
     sh_parallel(
         [
             run_args(model, "math", MODES, a.eval_limit, a.runs, runs[name], *sampling)
