@@ -31,6 +31,11 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _batch_size(text: str) -> int | None:
+    """``--batch-size``: a positive integer, or ``auto`` (None: the backend picks)."""
+    return None if text.strip().lower() == "auto" else _positive_int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="icpo-eval", description=__doc__)
     p.add_argument("--version", action="version", version=f"icpo-eval {__version__}")
@@ -75,7 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     r.add_argument("--top-p", type=float, default=1.0)
     r.add_argument("--max-new-tokens", type=_positive_int, default=256)
-    r.add_argument("--batch-size", type=_positive_int, default=16)
+    r.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=None,
+        metavar="B|auto",
+        help="local model: conversations decoded together (default auto: 32 on a CPU, on a GPU "
+        "as many as its free memory holds keys and values for)",
+    )
     r.add_argument("--out", default=None, help="run directory (default results/<model>)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument(

@@ -209,9 +209,13 @@ def start_conversation(
     model: str,
     seed: int,
     run_index: int = 0,
+    family: Family | None = None,
+    sandbox: str | None = None,
 ) -> ConversationState:
-    """A fresh conversation outside a run (a trainer's rollout): its record and first turn."""
-    family = get_family(inst.task)
+    """A fresh conversation: its record and its first user turn. ``family`` is the
+    instruction's family as the run grades it (default: the registered one); ``sandbox`` the
+    strength model-written programs run under, recorded when the family runs any."""
+    family = family or get_family(inst.task)
     record = Conversation(
         conversation_id=conversation_id,
         run_id=run_id,
@@ -225,6 +229,7 @@ def start_conversation(
         seed=seed,
         run_index=run_index,
         n_shards=len(inst.shards),
+        sandbox=sandbox if family.uses_sandbox else None,
     )
     return ConversationState(
         inst, family, record, family.system_prompt(inst), simulator, judge, max_turns

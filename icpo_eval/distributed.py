@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from icpo_eval.errors import IcpoError
 from icpo_eval.models import GenParams, load_backend, model_kind
+from icpo_eval.models.local.backend import CPU_AUTO_BATCH
 from icpo_eval.records import Conversation, RunSpec
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def chunk_size(spec: RunSpec, pending: int) -> int:
     if model_kind(spec.model) == "api":
         want = worker_spec(spec).concurrency
     else:
-        want = 2 * spec.batch_size
+        want = 2 * (spec.batch_size or CPU_AUTO_BATCH)  # auto: each worker picks its own
     return max(1, min(want, fair))
 
 
@@ -176,7 +177,7 @@ class ConversationWorker:
         if self.setup_error is not None:
             raise IcpoError(self.setup_error)
         from icpo_eval.families import get_family
-        from icpo_eval.runner import _progress, drive, graded_families, new_state
+        from icpo_eval.runner import _progress, batch_of, drive, graded_families, new_state
 
         sandbox = self._sandbox_here(sandbox)
         names = {get_family(inst.task).name for _, inst, _, _ in items}
@@ -197,11 +198,12 @@ class ConversationWorker:
                 done.append(state.record.to_dict())
 
         bar = _progress(len(states), False)
+        batch = batch_of(self.spec, self.backend)
         if self._serial is not None:
             with self._serial:
-                drive(self.backend, states, self.params, self.spec.batch_size, finished, bar)
+                drive(self.backend, states, self.params, batch, finished, bar)
         else:
-            drive(self.backend, states, self.params, self.spec.batch_size, finished, bar)
+            drive(self.backend, states, self.params, batch, finished, bar)
         return done
 
     def _sandbox_here(self, driver: str | None) -> str | None:

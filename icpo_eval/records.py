@@ -236,7 +236,9 @@ class RunSpec(_Json):
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 256
-    batch_size: int = 16
+    #: Conversations a local model decodes together; None: ``auto``, the backend picks
+    #: (:func:`~icpo_eval.models.local.backend.auto_batch_size`). Not an identity field.
+    batch_size: int | None = None
     out: str = ""
     version: str = ""
     # How API calls travel (models/api.py). None of these changes a reply, so none is an

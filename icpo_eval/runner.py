@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icpo_eval import __version__
-from icpo_eval.conversation import ConversationState
+from icpo_eval.conversation import ConversationState, start_conversation
 from icpo_eval.errors import IcpoError
 from icpo_eval.families import Family, get_family
 from icpo_eval.judges import TurnJudge, get_judge
@@ -50,6 +50,10 @@ if TYPE_CHECKING:
     from icpo_eval.distributed import WorkerStats
     from icpo_eval.models.api import ApiSettings
 from icpo_eval.tasksets import load_tasks
+
+#: The batch of turn-by-turn rounds when ``--batch-size`` is ``auto`` and the backend has no
+#: size of its own (:func:`batch_of`).
+DEFAULT_ROUND_BATCH = 16
 
 
 def run_id_of(spec: RunSpec) -> str:
@@ -246,6 +250,8 @@ def _run_open(
     if backend is None:
         api = api_settings(spec, spec.api_base)
         backend = load_backend(spec.model, batch_size=spec.batch_size, api=api)
+        if getattr(backend, "batch_note", ""):
+            print(f"icpo-eval: {spec.model}: {backend.batch_note}", file=sys.stderr)
     params = GenParams(spec.temperature, spec.top_p, spec.max_new_tokens)
     bar = _progress(len(states), progress)
     lock = threading.Lock()
@@ -258,7 +264,7 @@ def _run_open(
             bar.update(1)
 
     try:
-        drive(backend, states, params, spec.batch_size, finished, bar)
+        drive(backend, states, params, batch_of(spec, backend), finished, bar)
     finally:
         bar.close()
     return result
@@ -275,31 +281,26 @@ def new_state(
     """A fresh conversation for one planned item: its record (ids, seed derived from the
     conversation id, so that it runs the same wherever it runs) and its first user turn."""
     cid, inst, mode, r = item
-    family = families[get_family(inst.task).name]
-    record = Conversation(
-        conversation_id=cid,
-        run_id=run_id_of(spec),
-        task_id=inst.task_id,
-        family=family.name,
-        mode=mode,
-        model=spec.model,
-        simulator=simulator.name,
-        judge=judge.name,
-        judge_version=judge.version,
-        seed=derive_seed(spec.seed, cid),
-        run_index=r,
-        n_shards=len(inst.shards),
-        sandbox=sandbox if family.uses_sandbox else None,
-    )
-    return ConversationState(
+    return start_conversation(
         inst,
-        family,
-        record,
-        family.system_prompt(inst),
+        mode,
         simulator,
         judge,
         spec.max_turns,
+        conversation_id=cid,
+        run_id=run_id_of(spec),
+        model=spec.model,
+        seed=derive_seed(spec.seed, cid),
+        run_index=r,
+        family=families[get_family(inst.task).name],
+        sandbox=sandbox,
     )
+
+
+def batch_of(spec: RunSpec, backend: Backend) -> int:
+    """The batch of turn-by-turn rounds: ``--batch-size``, else (``auto``) the backend's own
+    choice, else :data:`DEFAULT_ROUND_BATCH`."""
+    return spec.batch_size or getattr(backend, "batch_size", None) or DEFAULT_ROUND_BATCH
 
 
 def drive(

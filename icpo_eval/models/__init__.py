@@ -46,10 +46,12 @@ def check_model_name(model: str) -> None:
     model_kind(model)
 
 
-def load_backend(model: str, batch_size: int = 16, api: ApiSettings | None = None) -> Backend:
+def load_backend(
+    model: str, batch_size: int | None = 16, api: ApiSettings | None = None
+) -> Backend:
     """The backend for ``model``. ``api`` (how API calls travel) is used only by an API model;
-    ``batch_size`` only by a local one. A local model never imports litellm, an API model never
-    imports torch or transformers."""
+    ``batch_size`` only by a local one (None: ``auto``, the backend picks). A local model never
+    imports litellm, an API model never imports torch or transformers."""
     kind = model_kind(model)
     if kind == "api":
         from icpo_eval.models.api import ApiBackend
