@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="conversation rollouts: training instructions (family or task file; overrides)",
     )
     tr.add_argument("--output-dir", default=None, help="checkpoint directory (overrides)")
+    tr.add_argument(
+        "--model", default=None, help="model to start from: local/smollm2 or hf/PATH (overrides)"
+    )
     tr.add_argument("--max-steps", type=_positive_int, default=None, help="override the recipe")
 
     t = sub.add_parser("tasks", help="list, show or generate task sets")
@@ -398,6 +401,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe.tasks = args.tasks
     if args.output_dir:
         recipe.output_dir = args.output_dir
+    if args.model:
+        recipe.model = args.model
+        _ = recipe.model_path  # refuse anything but local/smollm2 and hf/PATH, in one line
     if args.max_steps:
         recipe.max_steps = args.max_steps
     out = train(recipe)

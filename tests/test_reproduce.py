@@ -114,3 +114,33 @@ def test_the_online_experiment_refuses_an_unknown_model(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         module.main()
     assert exc.value.code == 2 and "unknown ['offlin']" in capsys.readouterr().err
+
+
+def test_a_warm_started_online_recipe_names_its_single_turn_first_stage(tmp_path):
+    path = ROOT / "train" / "reproduce_online.py"
+    spec = importlib.util.spec_from_file_location("reproduce_online", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    warm = ROOT / "train" / "smollm2-cpu-online-warm.yaml"
+    stage = module.first_stage(warm)
+    assert stage == ROOT / "train" / "smollm2-cpu-offline-warm.yaml"
+    # The stage writes the checkpoint the online recipe starts from, in single-turn rollouts.
+    assert f"hf/{module.recipe_value(stage, 'output_dir')}" == module.recipe_value(warm, "model")
+    assert module.recipe_value(stage, "rollout") == "single"
+    # The cold online recipe starts from the base model; an hf/ path no recipe writes, and a
+    # broken file, name no stage.
+    assert module.first_stage(ROOT / "train" / "smollm2-cpu-online.yaml") is None
+    other = tmp_path / "other.yaml"
+    other.write_text("model: hf/checkpoints/nobody-writes-this\nrollout: conversation\n")
+    assert module.first_stage(other) is None
+    other.write_text("model: [unclosed\n")
+    assert module.first_stage(other) is None and module.recipe_value(other, "model") is None
+
+
+def test_train_refuses_a_model_override_it_cannot_load_with_one_line(capsys):
+    from icpo_eval.cli import main
+
+    recipe = str(ROOT / "train" / "smollm2-cpu-online-warm.yaml")
+    code = main(["train", "--config", recipe, "--model", "gpt-4"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "'gpt-4'" in err

@@ -39,6 +39,7 @@ from reproduce_icpo import (  # noqa: E402
     BASE,
     MODES,
     RECIPE,
+    TRAIN_COLUMNS,
     TRAINED_DIR,
     publish,
     rel,
@@ -71,15 +72,40 @@ ONLINE_COLUMNS = {
 }
 
 
-def online_output_dir(recipe: Path) -> str | None:
-    """The ``output_dir`` an online recipe names (None when the file is missing or names none)."""
+def recipe_value(recipe: Path, key: str) -> str | None:
+    """A recipe's ``key`` as text (None when the file is missing, malformed or names none)."""
     import yaml
 
     try:
-        value = (yaml.safe_load(recipe.read_text()) or {}).get("output_dir")
+        value = (yaml.safe_load(recipe.read_text()) or {}).get(key)
     except (OSError, yaml.YAMLError, AttributeError):
         return None
     return str(value) if value else None
+
+
+def online_output_dir(recipe: Path) -> str | None:
+    """The ``output_dir`` an online recipe names (None when the file is missing or names none)."""
+    return recipe_value(recipe, "output_dir")
+
+
+def first_stage(online_recipe: Path) -> Path | None:
+    """The single-turn recipe whose checkpoint the online recipe starts from, if one is committed.
+
+    An online recipe whose ``model`` is ``hf/D`` for the ``output_dir`` D of a single-turn recipe
+    under ``train/`` (``train/smollm2-cpu-online-warm.yaml``) is trained in two stages: that
+    recipe on the offline export first, then the conversation rollouts from its checkpoint.
+    """
+    model = recipe_value(online_recipe, "model") or ""
+    if not model.startswith("hf/"):
+        return None
+    for recipe in sorted((ROOT / "train").glob("*.yaml")):
+        if (
+            recipe != online_recipe
+            and recipe_value(recipe, "output_dir") == model[3:]
+            and recipe_value(recipe, "rollout") != "conversation"
+        ):
+            return recipe
+    return None
 
 
 def targets(estimates: list[Estimate], models: list[str]) -> str:
@@ -197,6 +223,9 @@ def main() -> int:
     offline_dir, online_dir = ROOT / (TRAINED_DIR + suffix), ROOT / (online_name + suffix)
     offline, online = (f"hf/{d.relative_to(ROOT)}" for d in (offline_dir, online_dir))
     extra = ["--max-steps", "2"] if a.quick else []
+    # A warm-started online recipe: its single-turn first stage is trained (not evaluated) too.
+    stage = first_stage(online_recipe) if "online" in wanted else None
+    stage_dir = ROOT / (recipe_value(stage, "output_dir") + suffix) if stage else None
 
     # Training instructions, held apart from the evaluation set (as reproduce_icpo.py).
     eval_insts = load_tasks("math", limit=a.eval_limit)
@@ -206,7 +235,7 @@ def main() -> int:
 
     # Offline ICPO: the base model's greedy conversations on them, exported with q*, trained.
     export = work / "export"
-    if "offline" in wanted and not (export / "export.json").exists():
+    if ("offline" in wanted or stage) and not (export / "export.json").exists():
         sh(*run_args(BASE, tasks, "full,sharded", n, 1, work / "base-train", 0.0, a.max_new_tokens))
         sh("export", str(work / "base-train"), "--format", "jsonl", "--augment", "-o", str(export))
     if "offline" in wanted and not (offline_dir / "icpo_train.json").exists():
@@ -220,6 +249,17 @@ def main() -> int:
             str(offline_dir),
             *extra,
         )
+    if stage and not (stage_dir / "icpo_train.json").exists():
+        sh(
+            "train",
+            "--config",
+            str(stage),
+            "--data",
+            str(export),
+            "--output-dir",
+            str(stage_dir),
+            *extra,
+        )
     # Online ICPO: conversations on the same instructions, played during training.
     if "online" in wanted and not (online_dir / "icpo_train.json").exists():
         sh(
@@ -230,6 +270,7 @@ def main() -> int:
             tasks,
             "--output-dir",
             str(online_dir),
+            *(["--model", f"hf/{rel(stage_dir)}"] if stage else []),
             *extra,
         )
 
@@ -253,9 +294,10 @@ def main() -> int:
 
     publish(list(runs.values()), out_dir, a.bootstrap)
     logs = {}
-    for name, d in (("offline", offline_dir), ("online", online_dir)):
-        log = d / "train_log.jsonl"
-        if name in wanted and log.exists():
+    trained_dirs = [("offline", offline_dir), ("online", online_dir), ("online_stage1", stage_dir)]
+    for name, d in trained_dirs:
+        log = d / "train_log.jsonl" if d else None
+        if (name in wanted or name == "online_stage1") and log and log.exists():
             (out_dir / f"train_log_{name}.jsonl").write_text(log.read_text())
             summary = (d / "icpo_train.json").read_text().replace(f"{ROOT}/", "")
             (out_dir / f"icpo_train_{name}.json").write_text(summary)
@@ -265,7 +307,10 @@ def main() -> int:
         out_dir,
         a.bootstrap,
         logs.get("offline"),
-        more_logs={"online ICPO (conversation rollouts)": (logs.get("online"), ONLINE_COLUMNS)},
+        more_logs={
+            "online ICPO, first stage (single-turn)": (logs.get("online_stage1"), TRAIN_COLUMNS),
+            "online ICPO (conversation rollouts)": (logs.get("online"), ONLINE_COLUMNS),
+        },
     )
     trained = [models[name] for name in ("offline", "online") if name in models]
     table = targets(estimates, trained)
