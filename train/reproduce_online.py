@@ -83,11 +83,6 @@ def recipe_value(recipe: Path, key: str) -> str | None:
     return str(value) if value else None
 
 
-def online_output_dir(recipe: Path) -> str | None:
-    """The ``output_dir`` an online recipe names (None when the file is missing or names none)."""
-    return recipe_value(recipe, "output_dir")
-
-
 def first_stage(online_recipe: Path) -> Path | None:
     """The single-turn recipe whose checkpoint the online recipe starts from, if one is committed.
 
@@ -210,7 +205,7 @@ def main() -> int:
     if unknown:
         ap.error(f"--models: unknown {sorted(unknown)}")
     online_recipe = (ROOT / a.online_recipe).resolve()
-    online_name = online_output_dir(online_recipe)
+    online_name = recipe_value(online_recipe, "output_dir")
     if online_name is None or "online" not in Path(online_name).name:
         ap.error(f"--online-recipe: {a.online_recipe}: output_dir must name an 'online' model")
     suffix = "-quick" if a.quick else ""
@@ -238,41 +233,20 @@ def main() -> int:
     if ("offline" in wanted or stage) and not (export / "export.json").exists():
         sh(*run_args(BASE, tasks, "full,sharded", n, 1, work / "base-train", 0.0, a.max_new_tokens))
         sh("export", str(work / "base-train"), "--format", "jsonl", "--augment", "-o", str(export))
-    if "offline" in wanted and not (offline_dir / "icpo_train.json").exists():
-        sh(
-            "train",
-            "--config",
-            str(RECIPE),
-            "--data",
-            str(export),
-            "--output-dir",
-            str(offline_dir),
-            *extra,
-        )
-    if stage and not (stage_dir / "icpo_train.json").exists():
-        sh(
-            "train",
-            "--config",
-            str(stage),
-            "--data",
-            str(export),
-            "--output-dir",
-            str(stage_dir),
-            *extra,
-        )
+
+    def train(recipe: Path, out: Path, *args: str) -> None:
+        """Train ``recipe`` into ``out`` unless a finished checkpoint is there already."""
+        if not (out / "icpo_train.json").exists():
+            sh("train", "--config", str(recipe), "--output-dir", str(out), *args, *extra)
+
+    if "offline" in wanted:
+        train(RECIPE, offline_dir, "--data", str(export))
+    if stage:
+        train(stage, stage_dir, "--data", str(export))
     # Online ICPO: conversations on the same instructions, played during training.
-    if "online" in wanted and not (online_dir / "icpo_train.json").exists():
-        sh(
-            "train",
-            "--config",
-            str(online_recipe),
-            "--tasks",
-            tasks,
-            "--output-dir",
-            str(online_dir),
-            *(["--model", f"hf/{rel(stage_dir)}"] if stage else []),
-            *extra,
-        )
+    if "online" in wanted:
+        start = ["--model", f"hf/{rel(stage_dir)}"] if stage else []
+        train(online_recipe, online_dir, "--tasks", tasks, *start)
 
     sampling = (a.temperature, a.max_new_tokens, a.batch_size)
     models = {
@@ -294,10 +268,11 @@ def main() -> int:
 
     publish(list(runs.values()), out_dir, a.bootstrap)
     logs = {}
-    trained_dirs = [("offline", offline_dir), ("online", online_dir), ("online_stage1", stage_dir)]
-    for name, d in trained_dirs:
-        log = d / "train_log.jsonl" if d else None
-        if (name in wanted or name == "online_stage1") and log and log.exists():
+    named = (("offline", offline_dir), ("online", online_dir))
+    checkpoints = [(name, d) for name, d in named if name in wanted]
+    for name, d in checkpoints + ([("online_stage1", stage_dir)] if stage else []):
+        log = d / "train_log.jsonl"
+        if log.exists():
             (out_dir / f"train_log_{name}.jsonl").write_text(log.read_text())
             summary = (d / "icpo_train.json").read_text().replace(f"{ROOT}/", "")
             (out_dir / f"icpo_train_{name}.json").write_text(summary)
