@@ -254,3 +254,41 @@ def test_the_prefix_store_keeps_the_most_recently_used(monkeypatch):
     assert MAX_PREFIXES == 4 and max(sizes) == MAX_PREFIXES
     assert [len(p.ids) for p in session.prefixes] == [33 + f for f in range(2, 6)]
     assert session.stats.shared_tokens == sum(33 + f for f in range(6))
+
+
+def test_conversations_interleave_up_to_twice_the_batch_and_reply_as_generate():
+    """Three-turn conversations, two rows: a free row takes a new conversation while fewer than
+    INTERLEAVE × batch are started and unfinished, else the oldest waiting follow-up; every
+    turn (its prompt the previous prompt, the reply and a new user message) equals generate's."""
+    from icpo_eval.models.base import GenParams
+    from icpo_eval.models.local.batch import INTERLEAVE, ContinuousBatch
+
+    backend = TinyBackend(batch_size=2)
+    firsts = prompts_sharing(8, [4, 5, 6, 7, 8, 9], seed=3)
+    turns: dict[int, list[tuple[list[int], list[int]]]] = {i: [] for i in range(len(firsts))}
+    prompts = dict(enumerate(firsts))
+    live, in_flight = set(), []
+
+    def on_result(key, gen):
+        turns[key].append((prompts[key], gen.ids))
+        if len(turns[key]) == 3:
+            live.discard(key)
+            return None
+        prompts[key] = prompts[key] + gen.ids + [50 + key, 51, 52]
+        return key, prompts[key], 0
+
+    session = ContinuousBatch(backend, GenParams(max_new_tokens=4), on_result)
+    real = session._step
+
+    def step():
+        live.update(row.key for row in session.rows)
+        in_flight.append(len(live))
+        real()
+
+    session._step = step
+    session.run([(i, p, 0) for i, p in enumerate(firsts)])
+    assert all(len(t) == 3 for t in turns.values())
+    for key, played in turns.items():
+        for prompt, reply in played:
+            assert reply == generate(backend, prompt, 4), key
+    assert INTERLEAVE == 2 and max(in_flight) == INTERLEAVE * backend.batch_size

@@ -20,9 +20,16 @@ prefix gets their keys/values copied into its run (a tensor copy instead of a fo
 them) and feeds only the rest. One that needs a prefix still being computed waits for it,
 feeding nothing, rather than computing it again: it never reads keys not written yet.
 
-A follow-up returned by ``on_result`` goes to the front of the queue; the first requests are
-admitted longest chain first (a request key's ``max_turns``, when it has one: the runner's
-conversation state does), so that the long chains do not end the run alone.
+Scheduling for the tail. A conversation is a chain of turns that cannot run in parallel with
+itself, so a run ends with its last chains decoding in a near-empty batch. Two rules shorten
+that tail: the first requests are admitted longest chain first (a request key's ``max_turns``,
+when it has one: the runner's conversation state does), and up to :data:`INTERLEAVE` × batch
+conversations are in flight at once: a free row takes a new conversation while fewer than that
+are started and unfinished, else the oldest waiting follow-up (a conversation's next turn,
+returned by ``on_result``). With twice as many chains as rows under way, the work left when the
+last conversation starts is about as long as that conversation's own chain, so the batch stays
+full to near the end; the price is the keys/values of the waiting conversations' turns, kept for
+their next turn.
 
 Needs torch and transformers: imported by the backend only once they are known to be installed.
 """
@@ -58,6 +65,8 @@ MIN_SHARED = 32  # fewest tokens a prompt prefix shared across conversations is 
 # Most shared prefixes kept (each layers × 2 × kv-heads × its tokens × head-dim: SmolLM2-135M
 # in fp32 holds 46 KB a token, so a 200-token system prompt is about 9 MB).
 MAX_PREFIXES = 4
+#: Conversations in flight at most, per row of the batch (see the module doc: the tail).
+INTERLEAVE = 2
 
 
 @dataclass(eq=False)  # rows are compared by identity (is this row still live?)
@@ -122,6 +131,7 @@ class ContinuousBatch:
         self.groups = text.num_attention_heads // self.pool.kv_heads
         self.rows: list[Row] = []
         self.saved: dict[Any, Saved] = {}
+        self.follow: deque[Request] = deque()  # follow-ups waiting for a row, oldest first
         self.prefixes: list[Prefix] = []  # shared prefixes, least recently used first
         self.last_first: Row | None = None  # the last first turn admitted
         self.stats = Stats(block_bytes=self.pool.bytes_per_block())
@@ -131,18 +141,26 @@ class ContinuousBatch:
         first = sorted(requests, key=lambda r: -(getattr(r[0], "max_turns", 0) or 0))
         queue: deque[Request] = deque(first)
         with torch.no_grad(), ragged_attention_on(self.b.model):
-            while queue or self.rows:
+            while queue or self.follow or self.rows:
                 self._admit(queue)
                 self._step()
-                self._emit_finished(queue)
+                self._emit_finished()
         self.stats.peak_blocks = self.pool.peak
 
+    def _next(self, queue: deque[Request]) -> Request:
+        """The request a free row takes: a new conversation while fewer than
+        :data:`INTERLEAVE` × batch are in flight, else the oldest waiting follow-up."""
+        in_flight = len(self.rows) + len(self.follow)
+        if queue and (not self.follow or in_flight < INTERLEAVE * self.b.batch_size):
+            return queue.popleft()
+        return self.follow.popleft()
+
     def _admit(self, queue: deque[Request]) -> None:
-        """Join waiting requests while there are free rows; a conversation's next turn keeps
-        its previous turn's blocks for the common prefix and feeds only the rest, a first turn
-        takes a shared prompt prefix (:meth:`_share_prefix`)."""
-        while queue and len(self.rows) < self.b.batch_size:
-            key, msgs, seed = queue.popleft()
+        """Join waiting requests while there are free rows (:meth:`_next`); a conversation's
+        next turn keeps its previous turn's blocks for the common prefix and feeds only the
+        rest, a first turn takes a shared prompt prefix (:meth:`_share_prefix`)."""
+        while (queue or self.follow) and len(self.rows) < self.b.batch_size:
+            key, msgs, seed = self._next(queue)
             ids = self.b.encode(msgs)
             room = len(ids) + self.params.max_new_tokens
             saved = self.saved.pop(key, None)
@@ -278,9 +296,9 @@ class ContinuousBatch:
             return False
         return row.tokens[-1] in self.b.stop_ids or len(row.tokens) >= self.params.max_new_tokens
 
-    def _emit_finished(self, queue: deque[Request]) -> None:
-        """Hand every ended row to ``on_result``; queue the follow-ups it returns first and
-        keep the row's blocks for them (a follow-up for another key frees them)."""
+    def _emit_finished(self) -> None:
+        """Hand every ended row to ``on_result``; queue the follow-ups it returns and keep the
+        row's blocks for them (a follow-up for another key frees them)."""
         finished = [r for r in self.rows if self._done(r)]
         if not finished:
             return
@@ -288,7 +306,7 @@ class ContinuousBatch:
         for row in finished:
             follow = self.on_result(row.key, self._generation(row))
             if follow is not None:
-                queue.appendleft(follow)
+                self.follow.append(follow)
             if follow is not None and follow[0] == row.key:  # the same conversation goes on
                 # The last sampled token was never fed, so it has no keys/values yet.
                 self.saved[row.key] = Saved(row.ids + row.tokens[:-1], row.run)
