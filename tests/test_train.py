@@ -356,10 +356,12 @@ def test_bf16_trains_fp32_weights_that_move_at_the_papers_learning_rate(tmp_path
     from icpo_eval.models.local import smollm2_checkpoint
     from icpo_eval.train import train
 
-    # Rewards that differ within every group (by completion length), so that advantages, and
-    # with them gradients, are never all zero; the ICPO reward itself is tested above.
+    # Rewards that differ within every group (0, 1, 0, 1 by position: a group's completions
+    # are consecutive), so that advantages, and with them gradients, are never all zero; the
+    # ICPO reward itself is tested above. (By completion length they tied whenever every
+    # completion ran to the 16-token cap.)
     def varied(self, prompts, completions, completion_ids=None, **_):
-        return [float(len(ids) % 3) for ids in completion_ids]
+        return [float(i % 2) for i in range(len(completion_ids))]
 
     monkeypatch.setattr(IcpoReward, "__call__", varied)
     run_dir = make_scripted_run(tmp_path)
