@@ -187,8 +187,8 @@ class LocalBackend:
         """Continuous batching (:mod:`.batch`). ``requests`` are ``(key, messages, seed)``.
 
         ``on_result(key, generation)`` is called as soon as a request ends; it may return a
-        follow-up request (a conversation's next turn), which is scheduled first so that
-        conversations finish, and get written, as early as possible.
+        follow-up request (a conversation's next turn); follow-ups and new conversations
+        share the rows as :mod:`.batch` schedules them (up to twice the batch in flight).
         """
         if not self._streamable:
             for key, msgs, seed in requests:
