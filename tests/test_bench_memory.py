@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
 import pytest
+
+from icpo_eval.testing.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = ROOT / "benchmarks" / "local_batching.py"
-    spec = importlib.util.spec_from_file_location("local_batching", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "local_batching.py")
 
 
 def touch(mb: int) -> bytearray:

@@ -2,7 +2,6 @@
 harness's own commands, tested elsewhere)."""
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from icpo_eval.testing.scripts import load_script
 from tests.test_compare import models, write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,11 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def script():
-    path = ROOT / "train" / "reproduce_icpo.py"
-    spec = importlib.util.spec_from_file_location("reproduce_icpo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "train" / "reproduce_icpo.py")
 
 
 def test_summary_files(script, tmp_path, monkeypatch):
@@ -75,10 +71,7 @@ def test_training_table_averages_windows_of_logged_steps(script, tmp_path):
 
 
 def test_the_online_experiment_states_each_target_met_or_missed():
-    path = ROOT / "train" / "reproduce_online.py"
-    spec = importlib.util.spec_from_file_location("reproduce_online", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(ROOT / "train" / "reproduce_online.py")
     from icpo_eval.compare import Estimate
 
     base, m = module.BASE, "hf/checkpoints/smollm2-icpo-online"
@@ -106,10 +99,7 @@ def test_the_online_experiment_states_each_target_met_or_missed():
 
 
 def test_the_online_experiment_refuses_an_unknown_model(monkeypatch, capsys):
-    path = ROOT / "train" / "reproduce_online.py"
-    spec = importlib.util.spec_from_file_location("reproduce_online", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(ROOT / "train" / "reproduce_online.py")
     monkeypatch.setattr("sys.argv", ["reproduce_online.py", "--models", "online,offlin"])
     with pytest.raises(SystemExit) as exc:
         module.main()
@@ -117,10 +107,7 @@ def test_the_online_experiment_refuses_an_unknown_model(monkeypatch, capsys):
 
 
 def test_a_warm_started_online_recipe_names_its_single_turn_first_stage(tmp_path):
-    path = ROOT / "train" / "reproduce_online.py"
-    spec = importlib.util.spec_from_file_location("reproduce_online", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(ROOT / "train" / "reproduce_online.py")
     warm = ROOT / "train" / "smollm2-cpu-online-warm.yaml"
     stage = module.first_stage(warm)
     assert stage == ROOT / "train" / "smollm2-cpu-offline-warm.yaml"

@@ -21,7 +21,9 @@ script can be stopped and started again. Large outputs go to ``--work``; the sma
 ``results/icpo-online/``: ``leaderboard.csv`` (a row per model and mode), ``summary.md`` /
 ``summary.json`` (every figure with a 95% bootstrap interval, paired against the base model,
 and the issue's targets, each met or missed), ``progress.csv`` (ICPO Fig. 1), ``report.html``
-and both training logs.
+and both training logs. Arms evaluated in separate runs (``--models base,offline`` in one
+folder, ``--models base,online`` in another) join on one leaderboard with
+``train/combine_results.py``, which checks that their base runs are the same measurement.
 """
 
 from __future__ import annotations
