@@ -131,3 +131,33 @@ def test_train_refuses_a_model_override_it_cannot_load_with_one_line(capsys):
     code = main(["train", "--config", recipe, "--model", "gpt-4"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "'gpt-4'" in err
+
+
+def test_both_reproductions_share_the_protocol_flags_and_quick_shrinks_them(
+    script, tmp_path, capsys, monkeypatch
+):
+    import argparse
+
+    online = load_script(ROOT / "train" / "reproduce_online.py")
+    for module in (script, online):
+        monkeypatch.setattr("sys.argv", ["x", "--help"])
+        with pytest.raises(SystemExit) as exc:
+            module.main()
+        assert exc.value.code == 0
+        usage = capsys.readouterr().out
+        for flag in ("--eval-limit", "--runs", "--temperature", "--batch-size", "--quick"):
+            assert flag in usage, (module.__name__, flag)
+    ap = argparse.ArgumentParser()
+    script.protocol_arguments(ap, "icpo-online")
+    a = ap.parse_args(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--quick"])
+    work, out = script.apply_quick(a)
+    assert (work, out) == (tmp_path / "w-quick", tmp_path / "o-quick")
+    assert work.is_dir() and out.is_dir()
+    assert (a.eval_limit, a.runs, a.train_instructions, a.bootstrap) == (4, 2, 6, 100)
+    a = ap.parse_args([])
+    assert (a.work, a.out, a.eval_limit, a.runs) == (
+        "work/icpo-online",
+        "results/icpo-online",
+        100,
+        5,
+    )

@@ -267,11 +267,11 @@ def _by_family_and_model(convs: list[Conversation]) -> dict[tuple[str, str], lis
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--work", default="work/fidelity", help="large outputs (not committed)")
-    ap.add_argument("--out", default="results/fidelity", help="small committed results")
-    ap.add_argument("--families", default="math,database", help="families for (a); (b): math")
+def protocol_arguments(ap: argparse.ArgumentParser, name: str) -> None:
+    """The flags every reproduction shares: where its outputs go (``work/<name>`` and
+    ``results/<name>``), the held-out protocol, the training set's size and ``--quick``."""
+    ap.add_argument("--work", default=f"work/{name}", help="large outputs (not committed)")
+    ap.add_argument("--out", default=f"results/{name}", help="small committed results")
     ap.add_argument("--eval-limit", type=int, default=100, help="held-out instructions")
     ap.add_argument("--runs", type=int, default=5, help="sampled runs per instruction")
     ap.add_argument("--temperature", type=float, default=0.7)
@@ -288,13 +288,25 @@ def main() -> int:
         "--jobs", type=int, default=2, help="evaluations run at once (torch threads split)"
     )
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks every step")
-    a = ap.parse_args()
+
+
+def apply_quick(a: argparse.Namespace) -> tuple[Path, Path]:
+    """With ``--quick``, tiny sizes and ``-quick`` folders; the work and result folders, made."""
     if a.quick:
         a.eval_limit, a.runs, a.train_instructions, a.bootstrap = 4, 2, 6, 100
         a.work, a.out = a.work + "-quick", a.out + "-quick"
     work, out_dir = ROOT / a.work, ROOT / a.out
     work.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    return work, out_dir
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    protocol_arguments(ap, "fidelity")
+    ap.add_argument("--families", default="math,database", help="families for (a); (b): math")
+    a = ap.parse_args()
+    work, out_dir = apply_quick(a)
     families = [f.strip() for f in a.families.split(",") if f.strip()]
     trained_dir = ROOT / (TRAINED_DIR + ("-quick" if a.quick else ""))
     trained = f"hf/{trained_dir.relative_to(ROOT)}"

@@ -43,6 +43,8 @@ from reproduce_icpo import (  # noqa: E402
     RECIPE,
     TRAIN_COLUMNS,
     TRAINED_DIR,
+    apply_quick,
+    protocol_arguments,
     publish,
     rel,
     run_args,
@@ -178,16 +180,7 @@ def targets(estimates: list[Estimate], models: list[str]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--work", default="work/icpo-online", help="large outputs (not committed)")
-    ap.add_argument("--out", default="results/icpo-online", help="small committed results")
-    ap.add_argument("--eval-limit", type=int, default=100, help="held-out instructions")
-    ap.add_argument("--runs", type=int, default=5, help="sampled runs per instruction")
-    ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--max-new-tokens", type=int, default=192)
-    ap.add_argument("--train-instructions", type=int, default=100)
-    ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=32, help="local batch of each evaluation")
-    ap.add_argument("--jobs", type=int, default=2, help="evaluations run at once")
+    protocol_arguments(ap, "icpo-online")
     ap.add_argument(
         "--models",
         default="base,offline,online",
@@ -200,7 +193,6 @@ def main() -> int:
         help="the online ICPO recipe; its output_dir is the online model (its name must "
         "contain 'online'), e.g. train/smollm2-cpu-online-lr8e-5.yaml",
     )
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks every step")
     a = ap.parse_args()
     wanted = {m.strip() for m in a.models.split(",") if m.strip()} | {"base"}
     unknown = wanted - {"base", "offline", "online"}
@@ -210,13 +202,8 @@ def main() -> int:
     online_name = recipe_value(online_recipe, "output_dir")
     if online_name is None or "online" not in Path(online_name).name:
         ap.error(f"--online-recipe: {a.online_recipe}: output_dir must name an 'online' model")
+    work, out_dir = apply_quick(a)
     suffix = "-quick" if a.quick else ""
-    if a.quick:
-        a.eval_limit, a.runs, a.train_instructions, a.bootstrap = 4, 2, 6, 100
-        a.work, a.out = a.work + suffix, a.out + suffix
-    work, out_dir = ROOT / a.work, ROOT / a.out
-    work.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
     offline_dir, online_dir = ROOT / (TRAINED_DIR + suffix), ROOT / (online_name + suffix)
     offline, online = (f"hf/{d.relative_to(ROOT)}" for d in (offline_dir, online_dir))
     extra = ["--max-steps", "2"] if a.quick else []
