@@ -87,6 +87,7 @@ def test_the_committed_combined_folder_is_what_the_script_writes(script, tmp_pat
         assert (out / name).read_text() == (committed / name).read_text(), name
     models = {r["model"] for r in rows(committed / "leaderboard.csv")}
     assert BASE in models and any("online" in m for m in models)
+    assert any(m.endswith("smollm2-icpo") for m in models), "offline ICPO has a row"
 
 
 def test_a_different_base_measurement_is_refused_and_nothing_written(
