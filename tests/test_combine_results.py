@@ -196,3 +196,10 @@ def test_a_folder_without_the_base_model_has_nothing_to_pair_against(
             path.write_text("\n".join(t for t in text if BASE not in t) + "\n")
     code, err = run(script, capsys, *map(str, folders), "--out", str(tmp_path / "c"))
     assert code == 2 and "nothing to pair against" in err
+
+
+def test_an_out_that_cannot_be_written_gets_one_error_line(script, folders, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, err = run(script, capsys, *map(str, folders), "--out", str(blocker / "combined"))
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot write" in err

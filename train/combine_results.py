@@ -263,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     except CombineError as e:
         print(f"combine_results.py: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(
+            f"combine_results.py: error: cannot write {a.out}: {e.strerror or e}", file=sys.stderr
+        )
+        return 2
     print((a.out / "summary.md").read_text())
     print(json.dumps({"results": _rel(a.out)}))
     return 0
