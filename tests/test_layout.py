@@ -2,7 +2,9 @@
 spec, registries for judges and simulators, and the user's runs kept apart from the project's."""
 
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,23 @@ def test_code_runs_say_which_sandbox_graded_them(tmp_path, monkeypatch, capsys):
     assert "weak sandbox" not in capsys.readouterr().err
     _, convs = load_run(tmp_path / "strong")
     assert {c.family: c.sandbox for c in convs} == {"code": "strong", "math": None}
+
+
+def test_every_reference_run_the_readme_lists_is_committed():
+    """A folder under results/ is ignored by git unless .gitignore names it: a reference run
+    listed in the README must be there, with files git tracks (not ignores)."""
+    root = ROOT
+    text = (root / "README.md").read_text()
+    section = text.split("## Reference runs", 1)[1].split("\n## ", 1)[0]
+    folders = re.findall(r"^- `(results/[\w.-]+)/`", section, flags=re.M)
+    assert len(folders) >= 5, folders
+    git = shutil.which("git")
+    for folder in folders:
+        files = [p for p in (root / folder).rglob("*") if p.is_file()]
+        assert files, f"{folder}: listed in the README, not in the checkout"
+        if git is None or not (root / ".git").exists():
+            continue
+        ignored = subprocess.run(
+            [git, "check-ignore", "-q", str(files[0].relative_to(root))], cwd=root
+        )
+        assert ignored.returncode == 1, f"{folder}: .gitignore keeps it out of commits"
