@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "train"))
 
+from reproduce_icpo import rel  # noqa: E402
 from reproduce_online import BASE, targets  # noqa: E402
 
 from icpo_eval.compare import Estimate, formatted, markdown  # noqa: E402
@@ -212,11 +213,6 @@ def _csv_text(header: list[str], rows: list[dict[str, str]]) -> str:
     return buf.getvalue()
 
 
-def _rel(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def write(folders: list[Folder], out: Path) -> list[Estimate]:
     """Combine ``folders`` into ``out`` (every check passes before anything is written)."""
     header, rows, estimates, progress = combine(folders)
@@ -224,7 +220,7 @@ def write(folders: list[Folder], out: Path) -> list[Estimate]:
     sources = ["| folder | models | report and training logs |", "|---|---|---|"]
     for f in folders:
         models = ", ".join(m for m in f.models if m != BASE) or BASE
-        sources.append(f"| `{_rel(f.path)}` | {models} | `{_rel(f.path)}/` |")
+        sources.append(f"| `{rel(f.path.resolve())}` | {models} | `{rel(f.path.resolve())}/` |")
     summary = (
         "## Sources\n\n"
         "Each folder is its own run of the same held-out protocol; its base model's rows and "
@@ -269,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     print((a.out / "summary.md").read_text())
-    print(json.dumps({"results": _rel(a.out)}))
+    print(json.dumps({"results": rel(a.out.resolve())}))
     return 0
 
 
